@@ -1,0 +1,398 @@
+//! A durable shard: the state machine joined to its log.
+//!
+//! Group commit happens here in two steps the server drives: [`Shard::apply_batch`]
+//! applies a batch of requests and appends the successful ones to the log
+//! (not yet durable), then [`Shard::sync`] is the one durability barrier for
+//! the whole batch. Answers may be released only after `sync` returns.
+//!
+//! Recovery ([`Shard::open`]) loads the newest valid snapshot and replays the
+//! log after it. Every replayed request must succeed again exactly as it did
+//! when it was logged; anything else is a determinism failure and stops the
+//! shard with the LSN that diverged.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rkyv::rancor;
+
+use crate::ids::ShardId;
+use crate::limits::TICK_EXPIRIES_MAX;
+use crate::log::{Log, LogConfig, LogError, LogReader, Lsn, RecordRef, TailCut, limits::RECORD_PAYLOAD_BYTES_MAX};
+use crate::sm::{Command, EngineError, LogEntry, Outcome, Request, ShardState, StateImage};
+
+/// How a shard is opened.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Log segment size and snapshot retention.
+    pub log: LogConfig,
+    /// Take a snapshot after this many records since the last one (0 = never automatically).
+    pub snapshot_every_records: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig { log: LogConfig::default(), snapshot_every_records: 1_000_000 }
+    }
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    /// LSN of the snapshot recovery started from, if any.
+    pub snapshot_lsn: Option<Lsn>,
+    /// Records replayed after the snapshot.
+    pub records_replayed: u64,
+    /// The torn tail that was cut off, if any.
+    pub tail_cut: Option<TailCut>,
+    /// Last LSN in the log after recovery.
+    pub last_lsn: Lsn,
+    /// State checksum after recovery.
+    pub checksum: u64,
+}
+
+/// Why a shard cannot serve.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ShardError {
+    /// The log failed (I/O, corruption, poisoned).
+    Log(LogError),
+    /// A logged record cannot be decoded.
+    BadRecord {
+        /// Shard.
+        shard: ShardId,
+        /// Its LSN.
+        lsn: Lsn,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Replaying a record did not give the result it had when it was logged.
+    ReplayDiverged {
+        /// Shard.
+        shard: ShardId,
+        /// LSN of the record.
+        lsn: Lsn,
+        /// What happened on replay.
+        reason: String,
+    },
+    /// A snapshot decoded but its state is invalid.
+    BadSnapshot {
+        /// Shard.
+        shard: ShardId,
+        /// Snapshot LSN.
+        lsn: Lsn,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A snapshot was asked for while appended records are not yet durable.
+    NotSynced {
+        /// Shard.
+        shard: ShardId,
+    },
+    /// An earlier append or sync failed: the in-memory state is ahead of the
+    /// log, so the shard refuses everything until it is reopened (recovered).
+    Poisoned {
+        /// Shard.
+        shard: ShardId,
+    },
+}
+
+impl fmt::Display for ShardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardError::Log(e) => write!(f, "log: {e}"),
+            ShardError::BadRecord { shard, lsn, reason } => {
+                write!(f, "shard {shard}: record {lsn} cannot be decoded: {reason}")
+            }
+            ShardError::ReplayDiverged { shard, lsn, reason } => {
+                write!(f, "shard {shard}: replay of record {lsn} diverged: {reason}")
+            }
+            ShardError::BadSnapshot { shard, lsn, reason } => {
+                write!(f, "shard {shard}: snapshot at {lsn} is invalid: {reason}")
+            }
+            ShardError::NotSynced { shard } => {
+                write!(f, "shard {shard}: cannot snapshot with records not yet durable")
+            }
+            ShardError::Poisoned { shard } => write!(
+                f,
+                "shard {shard} is poisoned by an earlier log failure; restart to recover it from its log"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ShardError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShardError::Log(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<LogError> for ShardError {
+    fn from(e: LogError) -> Self {
+        ShardError::Log(e)
+    }
+}
+
+/// One logical shard: state plus log, owned by exactly one thread.
+pub struct Shard {
+    state: ShardState,
+    log: Log,
+    config: ShardConfig,
+    records_since_snapshot: u64,
+    poisoned: bool,
+}
+
+impl fmt::Debug for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shard")
+            .field("shard", &self.state.shard())
+            .field("last_lsn", &self.log.last_lsn())
+            .field("durable_lsn", &self.log.durable_lsn())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Shard {
+    /// Opens (or creates) the shard in `dir` and recovers its state.
+    pub fn open(dir: &Path, shard: ShardId, config: ShardConfig) -> Result<(Shard, RecoveryReport), ShardError> {
+        let (log, recovery) = Log::open(dir, shard, config.log.clone())?;
+        let (mut state, snapshot_lsn) = match recovery.snapshot {
+            Some(snap) => (decode_snapshot(shard, snap.lsn, &snap.payload)?, Some(snap.lsn)),
+            None => (ShardState::new(shard), None),
+        };
+        let from = snapshot_lsn.map_or(1, |l| l + 1);
+        let mut reader = log.read_from(from)?;
+        let mut replayed = 0u64;
+        while let Some(record) = reader.next()? {
+            replay_one(&mut state, &record)?;
+            replayed += 1;
+        }
+        let report = RecoveryReport {
+            snapshot_lsn,
+            records_replayed: replayed,
+            tail_cut: recovery.tail_cut,
+            last_lsn: log.last_lsn(),
+            checksum: state.checksum(),
+        };
+        debug_assert_eq!(state.check_invariants(), Ok(()));
+        let shard = Shard { state, log, config, records_since_snapshot: replayed, poisoned: false };
+        Ok((shard, report))
+    }
+
+    /// Applies `requests` in order at batch time `now_ms` and appends the
+    /// successful, state-changing ones to the log. Nothing is durable until
+    /// [`Shard::sync`]; do not answer before it returns.
+    pub fn apply_batch(
+        &mut self,
+        now_ms: u64,
+        requests: impl IntoIterator<Item = Request>,
+    ) -> Result<Vec<Result<Outcome, EngineError>>, ShardError> {
+        self.check_poisoned()?;
+        let mut results = Vec::new();
+        let mut records: Vec<(u16, rkyv::util::AlignedVec<16>)> = Vec::new();
+        for request in requests {
+            let kind = request.command.kind();
+            // Encode before applying, so a request that cannot be logged never changes state.
+            let entry = LogEntry { now_ms, request };
+            let bytes = match encode_entry(&entry) {
+                Ok(b) => b,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            match self.state.apply(now_ms, &entry.request) {
+                Ok(applied) => {
+                    if applied.is_new {
+                        records.push((kind, bytes));
+                    }
+                    results.push(Ok(applied.outcome));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if !records.is_empty() {
+            let appended = self.log.append_batch(records.iter().map(|(k, b)| (*k, b.as_slice())));
+            if let Err(e) = appended {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+            self.records_since_snapshot += records.len() as u64;
+        }
+        Ok(results)
+    }
+
+    /// The durability barrier for everything appended so far. On failure the
+    /// shard is poisoned (the effect of a failed sync is unknown).
+    pub fn sync(&mut self) -> Result<Lsn, ShardError> {
+        self.check_poisoned()?;
+        self.log.sync().map_err(|e| {
+            self.poisoned = true;
+            ShardError::from(e)
+        })
+    }
+
+    /// `apply_batch` then `sync`: a whole group commit.
+    pub fn commit(
+        &mut self,
+        now_ms: u64,
+        requests: impl IntoIterator<Item = Request>,
+    ) -> Result<Vec<Result<Outcome, EngineError>>, ShardError> {
+        let results = self.apply_batch(now_ms, requests)?;
+        self.sync()?;
+        Ok(results)
+    }
+
+    /// The housekeeping request due at `now_ms` (expiries and idempotency
+    /// pruning), if any. The server submits it like any other request.
+    pub fn tick_request(&self, now_ms: u64) -> Option<Request> {
+        let due = self.state.next_deadline_ms().is_some_and(|at| at <= now_ms);
+        due.then(|| {
+            let expire = self.state.due_expirations(now_ms, TICK_EXPIRIES_MAX);
+            Request::new(Command::Tick { expire })
+        })
+    }
+
+    /// Writes a snapshot of the current state (all appended records must be durable).
+    pub fn snapshot(&mut self) -> Result<Lsn, ShardError> {
+        self.check_poisoned()?;
+        let shard = self.state.shard();
+        if self.log.last_lsn() != self.log.durable_lsn() {
+            return Err(ShardError::NotSynced { shard });
+        }
+        let lsn = self.log.durable_lsn();
+        let bytes = rkyv::to_bytes::<rancor::Error>(&self.state.to_image())
+            .map_err(|e| ShardError::BadSnapshot { shard, lsn, reason: e.to_string() })?;
+        self.log.write_snapshot(lsn, &bytes)?;
+        self.records_since_snapshot = 0;
+        Ok(lsn)
+    }
+
+    /// Takes a snapshot if `snapshot_every_records` records were appended since the last one.
+    pub fn maybe_snapshot(&mut self) -> Result<Option<Lsn>, ShardError> {
+        let every = self.config.snapshot_every_records;
+        if every == 0 || self.records_since_snapshot < every {
+            return Ok(None);
+        }
+        self.snapshot().map(Some)
+    }
+
+    /// The state (reads are served from here).
+    pub fn state(&self) -> &ShardState {
+        &self.state
+    }
+    /// This shard's number.
+    pub fn id(&self) -> ShardId {
+        self.state.shard()
+    }
+    /// LSN of the last appended record.
+    pub fn last_lsn(&self) -> Lsn {
+        self.log.last_lsn()
+    }
+    /// LSN of the last durable record.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.log.durable_lsn()
+    }
+    /// The log (for stats and the change stream).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    /// Whether an earlier failure poisoned the shard.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+    /// Directory of this shard.
+    pub fn dir(&self) -> PathBuf {
+        self.log.dir().to_path_buf()
+    }
+
+    /// Test hook: the next sync fails (as a failed `msync` would).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn fail_next_sync(&mut self) {
+        self.log.fail_next_sync();
+    }
+
+    fn check_poisoned(&self) -> Result<(), ShardError> {
+        if self.poisoned {
+            return Err(ShardError::Poisoned { shard: self.state.shard() });
+        }
+        Ok(())
+    }
+}
+
+fn encode_entry(entry: &LogEntry) -> Result<rkyv::util::AlignedVec<16>, EngineError> {
+    let bytes = rkyv::to_bytes::<rancor::Error>(entry).map_err(|e| EngineError::InvalidInput {
+        field: "request".into(),
+        reason: format!("cannot be encoded: {e}"),
+    })?;
+    if bytes.len() > RECORD_PAYLOAD_BYTES_MAX {
+        return Err(EngineError::InvalidInput {
+            field: "request".into(),
+            reason: format!(
+                "encoded size {} exceeds RECORD_PAYLOAD_BYTES_MAX ({RECORD_PAYLOAD_BYTES_MAX})",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes one log record's payload (the change stream uses this too).
+pub fn decode_entry(shard: ShardId, record: &RecordRef<'_>) -> Result<LogEntry, ShardError> {
+    let bad = |reason: String| ShardError::BadRecord { shard, lsn: record.lsn, reason };
+    let entry = rkyv::from_bytes::<LogEntry, rancor::Error>(record.payload).map_err(|e| bad(e.to_string()))?;
+    if entry.request.command.kind() != record.kind {
+        return Err(bad(format!(
+            "record kind {} does not match its command (kind {})",
+            record.kind,
+            entry.request.command.kind()
+        )));
+    }
+    Ok(entry)
+}
+
+fn replay_one(state: &mut ShardState, record: &RecordRef<'_>) -> Result<(), ShardError> {
+    let shard = state.shard();
+    let entry = decode_entry(shard, record)?;
+    let diverged = |reason: String| ShardError::ReplayDiverged { shard, lsn: record.lsn, reason };
+    match state.apply(entry.now_ms, &entry.request) {
+        Ok(applied) if applied.is_new => Ok(()),
+        Ok(_) => Err(diverged("answered from an idempotency record instead of applying".into())),
+        Err(e) => Err(diverged(format!("refused on replay: {e}"))),
+    }
+}
+
+fn decode_snapshot(shard: ShardId, lsn: Lsn, payload: &[u8]) -> Result<ShardState, ShardError> {
+    let bad = |reason: String| ShardError::BadSnapshot { shard, lsn, reason };
+    let image = rkyv::from_bytes::<StateImage, rancor::Error>(payload).map_err(|e| bad(e.to_string()))?;
+    if image.shard != shard {
+        return Err(bad(format!("image is of shard {}", image.shard)));
+    }
+    ShardState::from_image(image).map_err(bad)
+}
+
+/// Opens a change-stream reader on a shard directory from `from` (inclusive)
+/// and decodes each record into the request that was applied.
+pub struct ChangeStream {
+    shard: ShardId,
+    reader: LogReader,
+}
+
+impl ChangeStream {
+    /// Tails `dir` (a shard directory another process or thread may be writing).
+    pub fn open(dir: &Path, shard: ShardId, from: Lsn) -> Result<Self, ShardError> {
+        Ok(ChangeStream { shard, reader: LogReader::open(dir, shard, from)? })
+    }
+
+    /// The next committed change, or `None` at the current end (call again later).
+    pub fn next(&mut self) -> Result<Option<(Lsn, LogEntry)>, ShardError> {
+        let shard = self.shard;
+        match self.reader.next()? {
+            Some(record) => Ok(Some((record.lsn, decode_entry(shard, &record)?))),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The canonical image of a shard's state: what a snapshot stores, what the
+//! checksum covers, and the full invariant check.
+//!
+//! The image lists every record sorted by key, so two states that are equal
+//! have byte-identical images whatever order their hash maps are in.
+
+use std::hash::{Hash, Hasher};
+
+use crate::ids::{OrderId, ReservationId, ShardId};
+use crate::limits::SHARD_COUNT;
+use crate::sm::state::{Fnv64, IdempotencyRecord, Map, ShardState};
+use crate::sm::types::{CartItem, Order, Reservation, Sku};
+
+/// Version of [`StateImage`]'s layout, stored in every snapshot.
+pub const IMAGE_VERSION: u32 = 1;
+
+/// A user's cart in the image.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CartImage {
+    /// Owner.
+    pub user_id: String,
+    /// Items sorted by SKU.
+    pub items: Vec<CartItem>,
+}
+
+/// The whole state of a shard in canonical (sorted) form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StateImage {
+    /// [`IMAGE_VERSION`] at the time of writing.
+    pub version: u32,
+    /// Shard number.
+    pub shard: ShardId,
+    /// Time of the last applied change.
+    pub clock_ms: u64,
+    /// Next reservation sequence number.
+    pub next_reservation_seq: u64,
+    /// Next order sequence number.
+    pub next_order_seq: u64,
+    /// SKUs sorted by id.
+    pub skus: Vec<Sku>,
+    /// Live reservations sorted by id.
+    pub reservations: Vec<Reservation>,
+    /// Orders sorted by id.
+    pub orders: Vec<Order>,
+    /// Carts sorted by user.
+    pub carts: Vec<CartImage>,
+    /// Idempotency records sorted by key.
+    pub idempotency: Vec<IdempotencyRecord>,
+}
+
+impl ShardState {
+    /// The canonical image of this state.
+    pub fn to_image(&self) -> StateImage {
+        let mut skus: Vec<Sku> = self.skus.values().cloned().collect();
+        skus.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let mut reservations: Vec<Reservation> = self.reservations.values().cloned().collect();
+        reservations.sort_by_key(|r| r.id);
+        let mut orders: Vec<Order> = self.orders.values().cloned().collect();
+        orders.sort_by_key(|o| o.id);
+        let mut carts: Vec<CartImage> = self
+            .carts
+            .iter()
+            .map(|(user_id, items)| CartImage {
+                user_id: user_id.clone(),
+                items: items.clone(),
+            })
+            .collect();
+        carts.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut idempotency: Vec<IdempotencyRecord> = self.idempotency.values().cloned().collect();
+        idempotency.sort_by(|a, b| a.key.cmp(&b.key));
+        StateImage {
+            version: IMAGE_VERSION,
+            shard: self.shard,
+            clock_ms: self.clock_ms,
+            next_reservation_seq: self.next_reservation_seq,
+            next_order_seq: self.next_order_seq,
+            skus,
+            reservations,
+            orders,
+            carts,
+            idempotency,
+        }
+    }
+
+    /// Rebuilds a state (and its indexes) from an image, checking every invariant.
+    pub fn from_image(image: StateImage) -> Result<Self, String> {
+        if image.version != IMAGE_VERSION {
+            return Err(format!(
+                "state image version {} is not {IMAGE_VERSION}",
+                image.version
+            ));
+        }
+        if image.shard >= SHARD_COUNT {
+            return Err(format!("state image names shard {}", image.shard));
+        }
+        let mut state = ShardState::new(image.shard);
+        state.clock_ms = image.clock_ms;
+        state.next_reservation_seq = image.next_reservation_seq;
+        state.next_order_seq = image.next_order_seq;
+        for sku in image.skus {
+            state.skus.insert(sku.sku.clone(), sku);
+        }
+        for r in image.reservations {
+            state.expiries.insert((r.expires_at_ms, r.id));
+            state.reservations.insert(r.id, r);
+        }
+        for o in image.orders {
+            state
+                .orders_by_user
+                .entry(o.user_id.clone())
+                .or_default()
+                .push(o.id);
+            state.orders.insert(o.id, o);
+        }
+        for c in image.carts {
+            state.carts.insert(c.user_id, c.items);
+        }
+        for rec in image.idempotency {
+            state
+                .idempotency_expiries
+                .insert((rec.expires_at_ms, rec.key.clone()));
+            state.idempotency.insert(rec.key.clone(), rec);
+        }
+        state.check_invariants()?;
+        Ok(state)
+    }
+
+    /// A 64-bit checksum of the canonical state: equal states, equal checksums.
+    pub fn checksum(&self) -> u64 {
+        let mut h = Fnv64::default();
+        self.to_image().hash(&mut h);
+        h.finish()
+    }
+
+    /// Checks every invariant of the state, in full (O(size)); a description of
+    /// the first violation found.
+    ///
+    /// 1. No oversell: `reserved <= on_hand` everywhere.
+    /// 2. Conservation: `on_hand = added - removed - deducted + returned`, and
+    ///    `reserved` equals the sum held by live reservations.
+    /// 3. Indexes agree with the records they index; ids belong to this shard
+    ///    and are below the next sequence numbers.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut held: Map<(&str, &str), u64> = Map::default();
+        for r in self.reservations.values() {
+            if r.id.shard() != self.shard || r.id.sequence() >= self.next_reservation_seq {
+                return Err(format!(
+                    "reservation {} was not minted by shard {}",
+                    r.id, self.shard
+                ));
+            }
+            if !self.expiries.contains(&(r.expires_at_ms, r.id)) {
+                return Err(format!(
+                    "reservation {} missing from the expiry index",
+                    r.id
+                ));
+            }
+            for a in &r.allocations {
+                *held
+                    .entry((a.sku.as_str(), a.warehouse.as_str()))
+                    .or_default() += u64::from(a.qty);
+            }
+        }
+        if self.expiries.len() != self.reservations.len() {
+            return Err("expiry index lists reservations that do not exist".into());
+        }
+        for sku in self.skus.values() {
+            for w in &sku.warehouses {
+                check_stock(
+                    sku,
+                    w,
+                    held.remove(&(sku.sku.as_str(), w.warehouse.as_str()))
+                        .unwrap_or(0),
+                )?;
+            }
+        }
+        if let Some(((sku, wh), qty)) = held.into_iter().next() {
+            return Err(format!(
+                "{qty} units held at {sku}/{wh}, which has no stock record"
+            ));
+        }
+        self.check_orders()?;
+        self.check_idempotency()
+    }
+
+    fn check_orders(&self) -> Result<(), String> {
+        let indexed: usize = self.orders_by_user.values().map(Vec::len).sum();
+        if indexed != self.orders.len() {
+            return Err(format!(
+                "{indexed} orders indexed by user, {} stored",
+                self.orders.len()
+            ));
+        }
+        for o in self.orders.values() {
+            if o.id.shard() != self.shard || o.id.sequence() >= self.next_order_seq {
+                return Err(format!(
+                    "order {} was not minted by shard {}",
+                    o.id, self.shard
+                ));
+            }
+            if o.history.last().map(|h| h.status) != Some(o.status) {
+                return Err(format!("order {} status disagrees with its history", o.id));
+            }
+            let ids: &[OrderId] = self
+                .orders_by_user
+                .get(&o.user_id)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            if !ids.contains(&o.id) {
+                return Err(format!("order {} missing from its user's index", o.id));
+            }
+        }
+        for (user, items) in &self.carts {
+            if items.is_empty() || !items.windows(2).all(|w| w[0].sku < w[1].sku) {
+                return Err(format!("cart of {user} is empty or not sorted"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_idempotency(&self) -> Result<(), String> {
+        if self.idempotency.len() != self.idempotency_expiries.len() {
+            return Err("idempotency index size differs from its records".into());
+        }
+        for rec in self.idempotency.values() {
+            if !self
+                .idempotency_expiries
+                .contains(&(rec.expires_at_ms, rec.key.clone()))
+            {
+                return Err(format!(
+                    "idempotency record {:?} missing from its index",
+                    rec.key
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Total units held by live reservations of `id` (0 if not live).
+    pub fn reserved_by(&self, id: ReservationId) -> u64 {
+        self.reservations
+            .get(&id)
+            .map_or(0, |r| r.allocations.iter().map(|a| u64::from(a.qty)).sum())
+    }
+}
+
+fn check_stock(sku: &Sku, w: &crate::sm::types::WarehouseStock, held: u64) -> Result<(), String> {
+    let at = format!("{}/{}", sku.sku, w.warehouse);
+    if w.reserved > w.on_hand {
+        return Err(format!(
+            "oversold at {at}: reserved {} > on_hand {}",
+            w.reserved, w.on_hand
+        ));
+    }
+    let ledger = i128::from(w.added) - i128::from(w.removed) - i128::from(w.deducted)
+        + i128::from(w.returned);
+    if ledger != i128::from(w.on_hand) {
+        return Err(format!(
+            "conservation broken at {at}: ledger {ledger} != on_hand {}",
+            w.on_hand
+        ));
+    }
+    if held != w.reserved {
+        return Err(format!(
+            "reserved {} at {at} but live reservations hold {held}",
+            w.reserved
+        ));
+    }
+    Ok(())
+}

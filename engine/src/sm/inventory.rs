@@ -1,0 +1,504 @@
+//! SKUs, stock, and reservations: the operations on inventory.
+
+use crate::ids::ReservationId;
+use crate::limits::*;
+use crate::sm::command::Outcome;
+use crate::sm::error::{EngineError, invalid, limit_reached};
+use crate::sm::state::ShardState;
+use crate::sm::types::{Allocation, Money, Reservation, ReserveLine, Sku, WarehouseStock};
+use crate::sm::validate;
+
+/// One planned hold: line index's SKU, warehouse index in that SKU, units.
+struct Planned<'a> {
+    sku: &'a str,
+    warehouse: usize,
+    qty: u64,
+}
+
+impl ShardState {
+    pub(crate) fn upsert_sku(
+        &mut self,
+        sku: &str,
+        seller_id: &str,
+        title: &str,
+        price: Money,
+    ) -> Result<Outcome, EngineError> {
+        validate::key_on("sku", sku, self.shard)?;
+        validate::id("seller_id", seller_id)?;
+        validate::text("title", title, TITLE_BYTES_MAX, "TITLE_BYTES_MAX")?;
+        check_money("price", price)?;
+        if let Some(existing) = self.skus.get_mut(sku) {
+            existing.seller_id = seller_id.to_owned();
+            existing.title = title.to_owned();
+            existing.price = price;
+            return Ok(Outcome::SkuUpserted { created: false });
+        }
+        if self.skus.len() >= SKUS_MAX {
+            return Err(limit_reached("SKUS_MAX", SKUS_MAX as u64));
+        }
+        let record = Sku {
+            sku: sku.to_owned(),
+            seller_id: seller_id.to_owned(),
+            title: title.to_owned(),
+            price,
+            warehouses: Vec::new(),
+        };
+        self.skus.insert(sku.to_owned(), record);
+        Ok(Outcome::SkuUpserted { created: true })
+    }
+
+    /// The SKU and the index of `warehouse` in it, creating the warehouse entry
+    /// when `create` is set. Validates both ids.
+    fn stock_entry(
+        &mut self,
+        sku: &str,
+        warehouse: &str,
+        create: bool,
+    ) -> Result<(&mut Sku, usize), EngineError> {
+        validate::key_on("sku", sku, self.shard)?;
+        validate::id("warehouse", warehouse)?;
+        let record = self
+            .skus
+            .get_mut(sku)
+            .ok_or_else(|| EngineError::UnknownSku {
+                sku: sku.to_owned(),
+            })?;
+        if let Some(i) = record
+            .warehouses
+            .iter()
+            .position(|w| w.warehouse == warehouse)
+        {
+            return Ok((record, i));
+        }
+        if !create {
+            return Err(EngineError::UnknownWarehouse {
+                sku: sku.to_owned(),
+                warehouse: warehouse.to_owned(),
+            });
+        }
+        if record.warehouses.len() >= WAREHOUSES_PER_SKU_MAX {
+            return Err(limit_reached(
+                "WAREHOUSES_PER_SKU_MAX",
+                WAREHOUSES_PER_SKU_MAX as u64,
+            ));
+        }
+        let index = record.warehouses.len();
+        record.warehouses.push(WarehouseStock {
+            warehouse: warehouse.to_owned(),
+            on_hand: 0,
+            reserved: 0,
+            added: 0,
+            removed: 0,
+            deducted: 0,
+            returned: 0,
+        });
+        Ok((record, index))
+    }
+
+    pub(crate) fn set_stock(
+        &mut self,
+        sku: &str,
+        warehouse: &str,
+        on_hand: u64,
+    ) -> Result<Outcome, EngineError> {
+        if on_hand > ON_HAND_MAX {
+            return Err(invalid(
+                "on_hand",
+                format!("{on_hand} exceeds ON_HAND_MAX ({ON_HAND_MAX})"),
+            ));
+        }
+        let (record, i) = self.stock_entry(sku, warehouse, true)?;
+        let w = &mut record.warehouses[i];
+        if on_hand < w.reserved {
+            return Err(below_reserved(
+                sku,
+                warehouse,
+                w.reserved,
+                i128::from(on_hand),
+            ));
+        }
+        if on_hand >= w.on_hand {
+            w.added += on_hand - w.on_hand;
+        } else {
+            w.removed += w.on_hand - on_hand;
+        }
+        w.on_hand = on_hand;
+        Ok(Outcome::Stock {
+            on_hand: w.on_hand,
+            reserved: w.reserved,
+        })
+    }
+
+    pub(crate) fn adjust_stock(
+        &mut self,
+        sku: &str,
+        warehouse: &str,
+        delta: i64,
+    ) -> Result<Outcome, EngineError> {
+        if delta == 0 {
+            return Err(invalid("delta", "must not be zero"));
+        }
+        let (record, i) = self.stock_entry(sku, warehouse, delta > 0)?;
+        let w = &mut record.warehouses[i];
+        let target = i128::from(w.on_hand) + i128::from(delta);
+        if target > i128::from(ON_HAND_MAX) {
+            return Err(invalid(
+                "delta",
+                format!("on_hand would exceed ON_HAND_MAX ({ON_HAND_MAX})"),
+            ));
+        }
+        if target < i128::from(w.reserved) {
+            return Err(below_reserved(sku, warehouse, w.reserved, target));
+        }
+        // In range: reserved >= 0 and target <= ON_HAND_MAX.
+        let target = target as u64;
+        if delta > 0 {
+            w.added += delta.unsigned_abs();
+        } else {
+            w.removed += delta.unsigned_abs();
+        }
+        w.on_hand = target;
+        Ok(Outcome::Stock {
+            on_hand: w.on_hand,
+            reserved: w.reserved,
+        })
+    }
+
+    pub(crate) fn restock(
+        &mut self,
+        sku: &str,
+        warehouse: &str,
+        qty: u32,
+    ) -> Result<Outcome, EngineError> {
+        validate::qty("qty", qty)?;
+        let (record, i) = self.stock_entry(sku, warehouse, true)?;
+        let w = &mut record.warehouses[i];
+        let target = w.on_hand + u64::from(qty);
+        if target > ON_HAND_MAX {
+            return Err(invalid(
+                "qty",
+                format!("on_hand would exceed ON_HAND_MAX ({ON_HAND_MAX})"),
+            ));
+        }
+        w.on_hand = target;
+        w.returned += u64::from(qty);
+        Ok(Outcome::Stock {
+            on_hand: w.on_hand,
+            reserved: w.reserved,
+        })
+    }
+
+    pub(crate) fn reserve(
+        &mut self,
+        now: u64,
+        owner: &str,
+        lines: &[ReserveLine],
+        ttl_ms: Option<u64>,
+        preference: &[String],
+    ) -> Result<Outcome, EngineError> {
+        validate::id("owner", owner)?;
+        validate::count(
+            "lines",
+            lines.len(),
+            RESERVATION_LINES_MAX,
+            "RESERVATION_LINES_MAX",
+        )?;
+        if preference.len() > WAREHOUSE_PREFERENCE_MAX {
+            return Err(invalid(
+                "warehouse_preference",
+                format!(
+                    "{} entries exceed WAREHOUSE_PREFERENCE_MAX ({WAREHOUSE_PREFERENCE_MAX})",
+                    preference.len()
+                ),
+            ));
+        }
+        for (i, w) in preference.iter().enumerate() {
+            validate::id(&format!("warehouse_preference[{i}]"), w)?;
+        }
+        let ttl = ttl_ms.unwrap_or(TTL_MS_DEFAULT);
+        if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl) {
+            return Err(invalid(
+                "ttl_ms",
+                format!("{ttl} outside TTL_MS_MIN..=TTL_MS_MAX ({TTL_MS_MIN}..={TTL_MS_MAX})"),
+            ));
+        }
+        if self.reservations.len() >= RESERVATIONS_LIVE_MAX {
+            return Err(limit_reached(
+                "RESERVATIONS_LIVE_MAX",
+                RESERVATIONS_LIVE_MAX as u64,
+            ));
+        }
+        let plan = self.plan_reservation(lines, preference)?;
+        let seq = ShardState::mint(&mut self.next_reservation_seq)?;
+        let id =
+            ReservationId::new(self.shard, seq).ok_or_else(|| invalid("shard", "out of range"))?;
+        // Commit: nothing below can fail.
+        let mut allocations = Vec::with_capacity(plan.len());
+        for p in &plan {
+            let record = self
+                .skus
+                .get_mut(p.sku)
+                .ok_or_else(|| EngineError::UnknownSku {
+                    sku: p.sku.to_owned(),
+                })?;
+            let w = &mut record.warehouses[p.warehouse];
+            w.reserved += p.qty;
+            debug_assert!(w.reserved <= w.on_hand);
+            allocations.push(Allocation {
+                sku: p.sku.to_owned(),
+                warehouse: w.warehouse.clone(),
+                qty: p.qty as u32,
+            });
+        }
+        let expires_at_ms = now.saturating_add(ttl);
+        self.expiries.insert((expires_at_ms, id));
+        let outcome = Outcome::Reserved {
+            reservation_id: id,
+            expires_at_ms,
+            allocations: allocations.clone(),
+        };
+        let reservation = Reservation {
+            id,
+            owner: owner.to_owned(),
+            allocations,
+            created_at_ms: now,
+            expires_at_ms,
+        };
+        self.reservations.insert(id, reservation);
+        Ok(outcome)
+    }
+
+    /// Chooses warehouses for every line without changing anything.
+    ///
+    /// Per line: the first preferred warehouse that can ship the whole line,
+    /// else the warehouse with the most available units that can, else the
+    /// line is split over preferred warehouses in order and then the others by
+    /// most available. Earlier lines of the same request count against later ones.
+    fn plan_reservation<'a>(
+        &self,
+        lines: &'a [ReserveLine],
+        preference: &[String],
+    ) -> Result<Vec<Planned<'a>>, EngineError> {
+        let mut plan: Vec<Planned<'a>> = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            validate::key_on(&format!("lines[{i}].sku"), &line.sku, self.shard)?;
+            validate::qty(&format!("lines[{i}].qty"), line.qty)?;
+            let sku = self
+                .skus
+                .get(line.sku.as_str())
+                .ok_or_else(|| EngineError::UnknownSku {
+                    sku: line.sku.clone(),
+                })?;
+            let avail: Vec<u64> = (0..sku.warehouses.len())
+                .map(|w| {
+                    let taken: u64 = plan
+                        .iter()
+                        .filter(|p| p.sku == line.sku && p.warehouse == w)
+                        .map(|p| p.qty)
+                        .sum();
+                    sku.warehouses[w].available() - taken
+                })
+                .collect();
+            let order = routing_order(sku, &avail, preference);
+            let want = u64::from(line.qty);
+            if let Some(&w) = order.iter().find(|&&w| avail[w] >= want) {
+                plan.push(Planned {
+                    sku: &line.sku,
+                    warehouse: w,
+                    qty: want,
+                });
+                continue;
+            }
+            let total: u64 = avail.iter().sum();
+            if total < want {
+                return Err(EngineError::InsufficientStock {
+                    sku: line.sku.clone(),
+                    requested: want,
+                    available: total,
+                });
+            }
+            let mut left = want;
+            for w in order {
+                let take = left.min(avail[w]);
+                if take > 0 {
+                    plan.push(Planned {
+                        sku: &line.sku,
+                        warehouse: w,
+                        qty: take,
+                    });
+                    left -= take;
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+            debug_assert_eq!(left, 0);
+        }
+        if plan.len() > RESERVATION_ALLOCATIONS_MAX {
+            return Err(limit_reached(
+                "RESERVATION_ALLOCATIONS_MAX",
+                RESERVATION_ALLOCATIONS_MAX as u64,
+            ));
+        }
+        Ok(plan)
+    }
+
+    pub(crate) fn release(&mut self, id: ReservationId) -> Result<Outcome, EngineError> {
+        validate::minted_on(id.shard(), self.shard)?;
+        let reservation = self.take_reservation(id)?;
+        for a in &reservation.allocations {
+            self.stock_mut(a).reserved -= u64::from(a.qty);
+        }
+        Ok(Outcome::Released)
+    }
+
+    pub(crate) fn confirm(&mut self, now: u64, id: ReservationId) -> Result<Outcome, EngineError> {
+        validate::minted_on(id.shard(), self.shard)?;
+        let live = self
+            .reservations
+            .get(&id)
+            .ok_or(EngineError::UnknownReservation { reservation_id: id })?;
+        if live.expires_at_ms <= now {
+            return Err(EngineError::ReservationExpired {
+                reservation_id: id,
+                expired_at_ms: live.expires_at_ms,
+            });
+        }
+        let reservation = self.take_reservation(id)?;
+        for a in &reservation.allocations {
+            let w = self.stock_mut(a);
+            let qty = u64::from(a.qty);
+            w.reserved -= qty;
+            w.on_hand -= qty;
+            w.deducted += qty;
+        }
+        Ok(Outcome::Confirmed {
+            allocations: reservation.allocations,
+        })
+    }
+
+    pub(crate) fn tick(
+        &mut self,
+        now: u64,
+        expire: &[ReservationId],
+    ) -> Result<Outcome, EngineError> {
+        if expire.len() > TICK_EXPIRIES_MAX {
+            return Err(invalid(
+                "expire",
+                format!(
+                    "{} entries exceed TICK_EXPIRIES_MAX ({TICK_EXPIRIES_MAX})",
+                    expire.len()
+                ),
+            ));
+        }
+        let mut expired = 0u32;
+        for &id in expire {
+            let due = self
+                .reservations
+                .get(&id)
+                .is_some_and(|r| r.expires_at_ms <= now);
+            if due {
+                self.release(id)?;
+                expired += 1;
+            }
+        }
+        let mut pruned = 0u32;
+        while (pruned as usize) < TICK_PRUNES_MAX {
+            let Some(first) = self.idempotency_expiries.first() else {
+                break;
+            };
+            if first.0 > now {
+                break;
+            }
+            if let Some((_, key)) = self.idempotency_expiries.pop_first() {
+                self.idempotency.remove(&key);
+                pruned += 1;
+            }
+        }
+        Ok(Outcome::Ticked { expired, pruned })
+    }
+
+    fn take_reservation(&mut self, id: ReservationId) -> Result<Reservation, EngineError> {
+        let reservation = self
+            .reservations
+            .remove(&id)
+            .ok_or(EngineError::UnknownReservation { reservation_id: id })?;
+        let removed = self.expiries.remove(&(reservation.expires_at_ms, id));
+        assert!(
+            removed,
+            "expiry index lost reservation {id} on shard {}",
+            self.shard
+        );
+        Ok(reservation)
+    }
+
+    /// The stock entry an allocation of a live reservation points at.
+    ///
+    /// # Panics
+    /// If it is missing: a live reservation's SKU and warehouse are never
+    /// deleted, so this is a broken invariant, not input.
+    fn stock_mut(&mut self, a: &Allocation) -> &mut WarehouseStock {
+        let shard = self.shard;
+        self.skus
+            .get_mut(a.sku.as_str())
+            .and_then(|s| s.warehouses.iter_mut().find(|w| w.warehouse == a.warehouse))
+            .unwrap_or_else(|| {
+                panic!(
+                    "shard {shard}: allocation points at missing stock {}/{}",
+                    a.sku, a.warehouse
+                )
+            })
+    }
+}
+
+/// Warehouse indexes in routing order: preferred ones first (in the given
+/// order), then the rest by most available, ties by stocking order.
+fn routing_order(sku: &Sku, avail: &[u64], preference: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = Vec::with_capacity(sku.warehouses.len());
+    for p in preference {
+        if let Some(i) = sku.warehouses.iter().position(|w| &w.warehouse == p)
+            && !order.contains(&i)
+        {
+            order.push(i);
+        }
+    }
+    let mut rest: Vec<usize> = (0..sku.warehouses.len())
+        .filter(|i| !order.contains(i))
+        .collect();
+    rest.sort_by(|&a, &b| avail[b].cmp(&avail[a]).then(a.cmp(&b)));
+    order.extend(rest);
+    order
+}
+
+fn below_reserved(
+    sku: &str,
+    warehouse: &str,
+    reserved: u64,
+    requested_on_hand: i128,
+) -> EngineError {
+    EngineError::BelowReserved {
+        sku: sku.to_owned(),
+        warehouse: warehouse.to_owned(),
+        reserved,
+        requested_on_hand,
+    }
+}
+
+pub(crate) fn check_money(field: &str, m: Money) -> Result<(), EngineError> {
+    if !m.currency.is_valid() {
+        return Err(invalid(
+            format!("{field}.currency"),
+            "must be three upper-case ASCII letters (ISO 4217)",
+        ));
+    }
+    if m.amount_minor > PRICE_MINOR_MAX {
+        return Err(invalid(
+            format!("{field}.amount_minor"),
+            format!(
+                "{} exceeds PRICE_MINOR_MAX ({PRICE_MINOR_MAX})",
+                m.amount_minor
+            ),
+        ));
+    }
+    Ok(())
+}
