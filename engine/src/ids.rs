@@ -115,6 +115,20 @@ minted_id!(
     "An order, minted by the shard of the user who placed it."
 );
 
+/// The first key `"{prefix}{n}"` (n = 0, 1, ...) that lands on `shard`:
+/// handy for tests and tools that need keys owned by a given shard.
+///
+/// # Panics
+/// If `shard >= SHARD_COUNT`.
+pub fn key_on_shard(prefix: &str, shard: ShardId, skip: usize) -> String {
+    assert!(shard < SHARD_COUNT, "shard {shard} out of range");
+    (0u64..)
+        .map(|n| format!("{prefix}{n}"))
+        .filter(|k| shard_of(k) == shard)
+        .nth(skip)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,18 +181,4 @@ mod tests {
             assert!(shard_of(&format!("user-{i}")) < SHARD_COUNT);
         }
     }
-}
-
-/// The first key `"{prefix}{n}"` (n = 0, 1, ...) that lands on `shard`:
-/// handy for tests and tools that need keys owned by a given shard.
-///
-/// # Panics
-/// If `shard >= SHARD_COUNT`.
-pub fn key_on_shard(prefix: &str, shard: ShardId, skip: usize) -> String {
-    assert!(shard < SHARD_COUNT, "shard {shard} out of range");
-    (0u64..)
-        .map(|n| format!("{prefix}{n}"))
-        .filter(|k| shard_of(k) == shard)
-        .nth(skip)
-        .unwrap_or_default()
 }

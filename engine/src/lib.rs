@@ -8,5 +8,5 @@
 pub mod ids;
 pub mod limits;
 pub mod log;
-// pub mod shard; (enabled once the log API lands)
+pub mod shard;
 pub mod sm;

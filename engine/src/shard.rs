@@ -17,7 +17,7 @@ use rkyv::rancor;
 
 use crate::ids::ShardId;
 use crate::limits::TICK_EXPIRIES_MAX;
-use crate::log::{Log, LogConfig, LogError, LogReader, Lsn, RecordRef, TailCut, limits::RECORD_PAYLOAD_BYTES_MAX};
+use crate::log::{Log, LogConfig, LogError, LogReader, Lsn, RecordRef, TailCut};
 use crate::sm::{Command, EngineError, LogEntry, Outcome, Request, ShardState, StateImage};
 
 /// How a shard is opened.
@@ -31,7 +31,10 @@ pub struct ShardConfig {
 
 impl Default for ShardConfig {
     fn default() -> Self {
-        ShardConfig { log: LogConfig::default(), snapshot_every_records: 1_000_000 }
+        ShardConfig {
+            log: LogConfig::default(),
+            snapshot_every_records: 1_000_000,
+        }
     }
 }
 
@@ -104,13 +107,19 @@ impl fmt::Display for ShardError {
                 write!(f, "shard {shard}: record {lsn} cannot be decoded: {reason}")
             }
             ShardError::ReplayDiverged { shard, lsn, reason } => {
-                write!(f, "shard {shard}: replay of record {lsn} diverged: {reason}")
+                write!(
+                    f,
+                    "shard {shard}: replay of record {lsn} diverged: {reason}"
+                )
             }
             ShardError::BadSnapshot { shard, lsn, reason } => {
                 write!(f, "shard {shard}: snapshot at {lsn} is invalid: {reason}")
             }
             ShardError::NotSynced { shard } => {
-                write!(f, "shard {shard}: cannot snapshot with records not yet durable")
+                write!(
+                    f,
+                    "shard {shard}: cannot snapshot with records not yet durable"
+                )
             }
             ShardError::Poisoned { shard } => write!(
                 f,
@@ -141,6 +150,8 @@ pub struct Shard {
     log: Log,
     config: ShardConfig,
     records_since_snapshot: u64,
+    /// Records of applied requests not yet appended to the log.
+    staged: Vec<(u16, rkyv::util::AlignedVec<16>)>,
     poisoned: bool,
 }
 
@@ -157,10 +168,17 @@ impl fmt::Debug for Shard {
 
 impl Shard {
     /// Opens (or creates) the shard in `dir` and recovers its state.
-    pub fn open(dir: &Path, shard: ShardId, config: ShardConfig) -> Result<(Shard, RecoveryReport), ShardError> {
+    pub fn open(
+        dir: &Path,
+        shard: ShardId,
+        config: ShardConfig,
+    ) -> Result<(Shard, RecoveryReport), ShardError> {
         let (log, recovery) = Log::open(dir, shard, config.log.clone())?;
         let (mut state, snapshot_lsn) = match recovery.snapshot {
-            Some(snap) => (decode_snapshot(shard, snap.lsn, &snap.payload)?, Some(snap.lsn)),
+            Some(snap) => (
+                decode_snapshot(shard, snap.lsn, &snap.payload)?,
+                Some(snap.lsn),
+            ),
             None => (ShardState::new(shard), None),
         };
         let from = snapshot_lsn.map_or(1, |l| l + 1);
@@ -178,51 +196,72 @@ impl Shard {
             checksum: state.checksum(),
         };
         debug_assert_eq!(state.check_invariants(), Ok(()));
-        let shard = Shard { state, log, config, records_since_snapshot: replayed, poisoned: false };
+        let shard = Shard {
+            state,
+            log,
+            config,
+            records_since_snapshot: replayed,
+            staged: Vec::new(),
+            poisoned: false,
+        };
         Ok((shard, report))
     }
 
     /// Applies `requests` in order at batch time `now_ms` and appends the
-    /// successful, state-changing ones to the log. Nothing is durable until
-    /// [`Shard::sync`]; do not answer before it returns.
+    /// successful, state-changing ones to the log as one batch. Nothing is
+    /// durable until [`Shard::sync`]; do not answer before it returns.
     pub fn apply_batch(
         &mut self,
         now_ms: u64,
         requests: impl IntoIterator<Item = Request>,
     ) -> Result<Vec<Result<Outcome, EngineError>>, ShardError> {
         self.check_poisoned()?;
-        let mut results = Vec::new();
-        let mut records: Vec<(u16, rkyv::util::AlignedVec<16>)> = Vec::new();
-        for request in requests {
-            let kind = request.command.kind();
-            // Encode before applying, so a request that cannot be logged never changes state.
-            let entry = LogEntry { now_ms, request };
-            let bytes = match encode_entry(&entry) {
-                Ok(b) => b,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            };
-            match self.state.apply(now_ms, &entry.request) {
-                Ok(applied) => {
-                    if applied.is_new {
-                        records.push((kind, bytes));
-                    }
-                    results.push(Ok(applied.outcome));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        if !records.is_empty() {
-            let appended = self.log.append_batch(records.iter().map(|(k, b)| (*k, b.as_slice())));
-            if let Err(e) = appended {
-                self.poisoned = true;
-                return Err(e.into());
-            }
-            self.records_since_snapshot += records.len() as u64;
-        }
+        let results = requests
+            .into_iter()
+            .map(|r| self.apply(now_ms, r))
+            .collect();
+        self.append_staged()?;
         Ok(results)
+    }
+
+    /// Applies one request and stages its log record (if it changed state).
+    /// Staged records reach the log with [`Shard::append_staged`]; a server
+    /// interleaves reads between `apply` calls and appends once per batch.
+    pub fn apply(&mut self, now_ms: u64, request: Request) -> Result<Outcome, EngineError> {
+        if self.poisoned {
+            return Err(EngineError::InvalidInput {
+                field: "shard".into(),
+                reason: format!("shard {} is poisoned", self.state.shard()),
+            });
+        }
+        let kind = request.command.kind();
+        // Encode before applying, so a request that cannot be logged never changes state.
+        let entry = LogEntry { now_ms, request };
+        let bytes = encode_entry(&entry, self.log.record_payload_bytes_max())?;
+        let applied = self.state.apply(now_ms, &entry.request)?;
+        if applied.is_new {
+            self.staged.push((kind, bytes));
+        }
+        Ok(applied.outcome)
+    }
+
+    /// Appends every staged record as one batch (not yet durable).
+    pub fn append_staged(&mut self) -> Result<usize, ShardError> {
+        self.check_poisoned()?;
+        let n = self.staged.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let appended = self
+            .log
+            .append_batch(self.staged.iter().map(|(k, b)| (*k, b.as_slice())));
+        self.staged.clear();
+        if let Err(e) = appended {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.records_since_snapshot += n as u64;
+        Ok(n)
     }
 
     /// The durability barrier for everything appended so far. On failure the
@@ -260,12 +299,17 @@ impl Shard {
     pub fn snapshot(&mut self) -> Result<Lsn, ShardError> {
         self.check_poisoned()?;
         let shard = self.state.shard();
-        if self.log.last_lsn() != self.log.durable_lsn() {
+        if self.log.last_lsn() != self.log.durable_lsn() || !self.staged.is_empty() {
             return Err(ShardError::NotSynced { shard });
         }
         let lsn = self.log.durable_lsn();
-        let bytes = rkyv::to_bytes::<rancor::Error>(&self.state.to_image())
-            .map_err(|e| ShardError::BadSnapshot { shard, lsn, reason: e.to_string() })?;
+        let bytes = rkyv::to_bytes::<rancor::Error>(&self.state.to_image()).map_err(|e| {
+            ShardError::BadSnapshot {
+                shard,
+                lsn,
+                reason: e.to_string(),
+            }
+        })?;
         self.log.write_snapshot(lsn, &bytes)?;
         self.records_since_snapshot = 0;
         Ok(lsn)
@@ -317,22 +361,24 @@ impl Shard {
 
     fn check_poisoned(&self) -> Result<(), ShardError> {
         if self.poisoned {
-            return Err(ShardError::Poisoned { shard: self.state.shard() });
+            return Err(ShardError::Poisoned {
+                shard: self.state.shard(),
+            });
         }
         Ok(())
     }
 }
 
-fn encode_entry(entry: &LogEntry) -> Result<rkyv::util::AlignedVec<16>, EngineError> {
+fn encode_entry(entry: &LogEntry, max: usize) -> Result<rkyv::util::AlignedVec<16>, EngineError> {
     let bytes = rkyv::to_bytes::<rancor::Error>(entry).map_err(|e| EngineError::InvalidInput {
         field: "request".into(),
         reason: format!("cannot be encoded: {e}"),
     })?;
-    if bytes.len() > RECORD_PAYLOAD_BYTES_MAX {
+    if bytes.len() > max {
         return Err(EngineError::InvalidInput {
             field: "request".into(),
             reason: format!(
-                "encoded size {} exceeds RECORD_PAYLOAD_BYTES_MAX ({RECORD_PAYLOAD_BYTES_MAX})",
+                "encoded size {} exceeds the log's record limit ({max} bytes; RECORD_PAYLOAD_BYTES_MAX or the segment size)",
                 bytes.len()
             ),
         });
@@ -342,8 +388,13 @@ fn encode_entry(entry: &LogEntry) -> Result<rkyv::util::AlignedVec<16>, EngineEr
 
 /// Decodes one log record's payload (the change stream uses this too).
 pub fn decode_entry(shard: ShardId, record: &RecordRef<'_>) -> Result<LogEntry, ShardError> {
-    let bad = |reason: String| ShardError::BadRecord { shard, lsn: record.lsn, reason };
-    let entry = rkyv::from_bytes::<LogEntry, rancor::Error>(record.payload).map_err(|e| bad(e.to_string()))?;
+    let bad = |reason: String| ShardError::BadRecord {
+        shard,
+        lsn: record.lsn,
+        reason,
+    };
+    let entry = rkyv::from_bytes::<LogEntry, rancor::Error>(record.payload)
+        .map_err(|e| bad(e.to_string()))?;
     if entry.request.command.kind() != record.kind {
         return Err(bad(format!(
             "record kind {} does not match its command (kind {})",
@@ -357,17 +408,24 @@ pub fn decode_entry(shard: ShardId, record: &RecordRef<'_>) -> Result<LogEntry, 
 fn replay_one(state: &mut ShardState, record: &RecordRef<'_>) -> Result<(), ShardError> {
     let shard = state.shard();
     let entry = decode_entry(shard, record)?;
-    let diverged = |reason: String| ShardError::ReplayDiverged { shard, lsn: record.lsn, reason };
+    let diverged = |reason: String| ShardError::ReplayDiverged {
+        shard,
+        lsn: record.lsn,
+        reason,
+    };
     match state.apply(entry.now_ms, &entry.request) {
         Ok(applied) if applied.is_new => Ok(()),
-        Ok(_) => Err(diverged("answered from an idempotency record instead of applying".into())),
+        Ok(_) => Err(diverged(
+            "answered from an idempotency record instead of applying".into(),
+        )),
         Err(e) => Err(diverged(format!("refused on replay: {e}"))),
     }
 }
 
 fn decode_snapshot(shard: ShardId, lsn: Lsn, payload: &[u8]) -> Result<ShardState, ShardError> {
     let bad = |reason: String| ShardError::BadSnapshot { shard, lsn, reason };
-    let image = rkyv::from_bytes::<StateImage, rancor::Error>(payload).map_err(|e| bad(e.to_string()))?;
+    let image =
+        rkyv::from_bytes::<StateImage, rancor::Error>(payload).map_err(|e| bad(e.to_string()))?;
     if image.shard != shard {
         return Err(bad(format!("image is of shard {}", image.shard)));
     }
@@ -384,11 +442,14 @@ pub struct ChangeStream {
 impl ChangeStream {
     /// Tails `dir` (a shard directory another process or thread may be writing).
     pub fn open(dir: &Path, shard: ShardId, from: Lsn) -> Result<Self, ShardError> {
-        Ok(ChangeStream { shard, reader: LogReader::open(dir, shard, from)? })
+        Ok(ChangeStream {
+            shard,
+            reader: LogReader::open(dir, shard, from)?,
+        })
     }
 
     /// The next committed change, or `None` at the current end (call again later).
-    pub fn next(&mut self) -> Result<Option<(Lsn, LogEntry)>, ShardError> {
+    pub fn next_change(&mut self) -> Result<Option<(Lsn, LogEntry)>, ShardError> {
         let shard = self.shard;
         match self.reader.next()? {
             Some(record) => Ok(Some((record.lsn, decode_entry(shard, &record)?))),

@@ -60,7 +60,10 @@ pub enum LogError {
     #[error(
         "lsn {requested} is no longer in the log (first available: {first_available}); start from a snapshot instead"
     )]
-    Compacted { requested: Lsn, first_available: Lsn },
+    Compacted {
+        requested: Lsn,
+        first_available: Lsn,
+    },
 
     /// No snapshot plus the remaining segments covers every LSN from 1: the
     /// log starts at `first_in_log` but the newest usable snapshot ends at
@@ -75,7 +78,9 @@ pub enum LogError {
     },
 
     /// A file in the directory belongs to a different shard.
-    #[error("{path} belongs to shard {found}, not shard {expected}; the directory holds the wrong shard's files")]
+    #[error(
+        "{path} belongs to shard {found}, not shard {expected}; the directory holds the wrong shard's files"
+    )]
     WrongShard {
         path: PathBuf,
         expected: u16,
@@ -83,7 +88,9 @@ pub enum LogError {
     },
 
     /// A file was written by a format version this build cannot read.
-    #[error("{path} has format version {version}, this build reads version {supported}; run a newer reserva")]
+    #[error(
+        "{path} has format version {version}, this build reads version {supported}; run a newer reserva"
+    )]
     UnsupportedVersion {
         path: PathBuf,
         version: u32,

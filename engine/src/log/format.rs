@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::Lsn;
-use super::limits::RECORD_PAYLOAD_BYTES_MAX;
+use super::limits::{LSN_MAX, RECORD_PAYLOAD_BYTES_MAX};
 
 pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"RSVSEG\0\x01";
@@ -26,9 +26,9 @@ const FLAGS_KNOWN: u16 = FLAG_BATCH_END;
 /// every byte before it.
 const HEADER_CRC_OFFSET: usize = 60;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN == 0);
-const _: () = assert!(SNAPSHOT_HEADER_BYTES % RECORD_ALIGN == 0);
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(SNAPSHOT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_BYTES);
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == SNAPSHOT_HEADER_BYTES);
 
@@ -113,8 +113,8 @@ impl SegmentHeader {
             segment_bytes: u64_at(b, 16),
             first_lsn: u64_at(b, 24),
         };
-        if header.first_lsn == 0 {
-            return Err(HeaderError::Damaged("segment first_lsn is 0"));
+        if header.first_lsn == 0 || header.first_lsn > LSN_MAX {
+            return Err(HeaderError::Damaged("segment first_lsn out of range"));
         }
         Ok(header)
     }
@@ -241,7 +241,7 @@ pub(crate) enum NotARecord {
 /// segment file, header included). Checks everything except the LSN sequence,
 /// which only the caller knows.
 pub(crate) fn decode_record(segment: &[u8], at: usize) -> Result<Decoded, NotARecord> {
-    debug_assert!(at % RECORD_ALIGN == 0 && at >= SEGMENT_HEADER_BYTES);
+    debug_assert!(at.is_multiple_of(RECORD_ALIGN) && at >= SEGMENT_HEADER_BYTES);
     let Some(head) = segment.get(at..at + RECORD_HEADER_BYTES) else {
         return Err(NotARecord::End);
     };
@@ -261,10 +261,17 @@ pub(crate) fn decode_record(segment: &[u8], at: usize) -> Result<Decoded, NotARe
     if record_crc(&head[8..], &segment[payload_at..payload_at + len]) != header.crc {
         return Err(NotARecord::Invalid("record checksum mismatch"));
     }
-    if reserved != 0 || header.flags & !FLAGS_KNOWN != 0 {
-        return Err(NotARecord::Invalid("record has unknown flags or reserved bits set"));
+    // Padding is not checksummed, so it is checked: a damaged byte anywhere
+    // in a record's span must invalidate the record.
+    if segment[payload_at + len..next].iter().any(|&b| b != 0) {
+        return Err(NotARecord::Invalid("record padding is not zero"));
     }
-    if header.lsn == 0 || header.synced_lsn >= header.lsn {
+    if reserved != 0 || header.flags & !FLAGS_KNOWN != 0 {
+        return Err(NotARecord::Invalid(
+            "record has unknown flags or reserved bits set",
+        ));
+    }
+    if header.lsn == 0 || header.lsn > LSN_MAX || header.synced_lsn >= header.lsn {
         return Err(NotARecord::Invalid("record lsn fields are inconsistent"));
     }
     Ok(Decoded {
@@ -272,20 +279,6 @@ pub(crate) fn decode_record(segment: &[u8], at: usize) -> Result<Decoded, NotARe
         payload_at,
         next,
     })
-}
-
-/// Reads the header of a record already validated by `decode_record` (the
-/// reader validates each record once, then hands it out later).
-pub(crate) fn decode_validated(segment: &[u8], at: usize) -> Decoded {
-    let (header, _) = RecordHeader::parse(&segment[at..at + RECORD_HEADER_BYTES]);
-    let payload_at = at + RECORD_HEADER_BYTES;
-    let decoded = Decoded {
-        header,
-        payload_at,
-        next: at + record_span(header.len as usize),
-    };
-    debug_assert_eq!(decode_record(segment, at), Ok(decoded));
-    decoded
 }
 
 /// True if `at` could hold a record that proves `expected` was durable: a
@@ -337,7 +330,12 @@ pub(crate) fn classify(name: &Path) -> FileKind {
     let lsn_between = |prefix: &str, suffix: &str| {
         let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
         let ok = digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit());
-        ok.then(|| digits.parse::<Lsn>().ok()).flatten()
+        // LSN 0 names nothing the writer creates; out-of-range names are
+        // not ours either (and must not reach LSN arithmetic).
+        digits
+            .parse::<Lsn>()
+            .ok()
+            .filter(|&l| ok && (1..=LSN_MAX).contains(&l))
     };
     if let Some(lsn) = lsn_between("seg-", ".log") {
         return FileKind::Segment(lsn);

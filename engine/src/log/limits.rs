@@ -39,6 +39,11 @@ pub const SNAPSHOTS_KEPT_MAX: usize = 16;
 /// beyond this.
 pub const SNAPSHOT_PAYLOAD_BYTES_MAX: u64 = 1 << 36;
 
+/// Highest LSN a valid record or file name may carry. Far beyond any real
+/// log (2^63 records), it keeps `lsn + 1` arithmetic on values read from
+/// disk from overflowing.
+pub const LSN_MAX: u64 = (1 << 63) - 1;
+
 /// Highest shard id (there are 256 logical shards, fixed forever).
 pub const SHARD_MAX: u16 = 255;
 
@@ -58,14 +63,13 @@ pub const fn record_payload_bytes_max(segment_bytes: u64) -> usize {
 
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
-const _: () = assert!(SEGMENT_BYTES_MIN % SEGMENT_BYTES_ALIGN == 0);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_BYTES_ALIGN == 0);
-const _: () = assert!(SEGMENT_BYTES_MAX % SEGMENT_BYTES_ALIGN == 0);
-const _: () = assert!(SEGMENT_BYTES_ALIGN as usize % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(SEGMENT_BYTES_ALIGN));
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(SEGMENT_BYTES_ALIGN));
+const _: () = assert!(SEGMENT_BYTES_MAX.is_multiple_of(SEGMENT_BYTES_ALIGN));
+const _: () = assert!((SEGMENT_BYTES_ALIGN as usize).is_multiple_of(RECORD_ALIGN));
 // A maximal record fits in a default segment; the limit only shrinks in
 // segments configured smaller than that.
-const _: () =
-    assert!(record_payload_bytes_max(SEGMENT_BYTES_DEFAULT) == RECORD_PAYLOAD_BYTES_MAX);
+const _: () = assert!(record_payload_bytes_max(SEGMENT_BYTES_DEFAULT) == RECORD_PAYLOAD_BYTES_MAX);
 // Even the smallest segment holds a reasonably large record (>= 32 KiB).
 const _: () = assert!(record_payload_bytes_max(SEGMENT_BYTES_MIN) >= 32 << 10);
 // Record length travels in a u32 field.

@@ -76,7 +76,9 @@ impl Default for LogConfig {
 impl LogConfig {
     pub fn validate(&self) -> Result<(), LogError> {
         let s = self.segment_bytes;
-        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&s) || s % SEGMENT_BYTES_ALIGN != 0 {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&s)
+            || !s.is_multiple_of(SEGMENT_BYTES_ALIGN)
+        {
             return Err(LogError::Config(format!(
                 "segment_bytes = {s}: must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX} and a multiple of {SEGMENT_BYTES_ALIGN}"
             )));
@@ -272,6 +274,10 @@ impl Log {
         self.check_batch(&batch)?;
         self.ensure_next_segment(&batch)?;
         let first = self.last_lsn + 1;
+        assert!(
+            first + batch.len() as u64 <= limits::LSN_MAX,
+            "LSN space exhausted"
+        );
         let last_index = batch.len() - 1;
         for (i, &(kind, payload)) in batch.iter().enumerate() {
             let flags = if i == last_index { FLAG_BATCH_END } else { 0 };
@@ -322,20 +328,25 @@ impl Log {
         }
         match PreparedSegment::create(&self.dir, self.config.segment_bytes) {
             Ok(p) => self.prepared = Some(p),
-            Err(e) => tracing::warn!(shard = self.shard, error = %e, "log: preparing the next segment failed; will retry"),
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "log: preparing the next segment failed; will retry")
+            }
         }
     }
 
     fn append_one(&mut self, kind: u16, payload: &[u8], flags: u16) -> Result<(), LogError> {
         let span = record_span(payload.len());
-        if self.write_offset + span > self.active.bytes() {
-            if let Err(e) = self.rollover() {
-                self.poisoned = true;
-                return Err(e);
-            }
+        if self.write_offset + span > self.active.bytes()
+            && let Err(e) = self.rollover()
+        {
+            self.poisoned = true;
+            return Err(e);
         }
         let at = self.write_offset;
-        assert!(at + span <= self.active.bytes(), "record fits after rollover");
+        assert!(
+            at + span <= self.active.bytes(),
+            "record fits after rollover"
+        );
         let lsn = self.last_lsn + 1;
         let dst = &mut self.active.map[at..at + span];
         encode_record(dst, lsn, self.durable_lsn, kind, flags, payload);
@@ -416,10 +427,10 @@ impl Log {
     }
 
     fn check_writable(&self) -> Result<(), LogError> {
-        match self.poisoned {
-            true => Err(LogError::Poisoned { shard: self.shard }),
-            false => Ok(()),
+        if self.poisoned {
+            return Err(LogError::Poisoned { shard: self.shard });
         }
+        Ok(())
     }
 
     /// LSN of the last appended record (durable or not).
@@ -438,6 +449,12 @@ impl Log {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the next record will be written: the active segment's path and
+    /// the byte offset in it. For stats, tools and crash tests.
+    pub fn position(&self) -> (PathBuf, u64) {
+        (self.active.path.clone(), self.write_offset as u64)
     }
 
     /// True once a failed sync has poisoned the log.
@@ -527,7 +544,8 @@ impl Log {
     /// records all have LSN <= the oldest kept snapshot. Keeping segments back
     /// to the oldest kept snapshot is what lets recovery fall back to it.
     fn prune(&mut self) -> Result<(), LogError> {
-        let (doomed, oldest_kept) = snapshot::prune_plan(&self.snapshots, self.config.snapshots_kept);
+        let (doomed, oldest_kept) =
+            snapshot::prune_plan(&self.snapshots, self.config.snapshots_kept);
         let mut changed = false;
         for file in &doomed {
             dir::remove(&file.path)?;
@@ -535,7 +553,10 @@ impl Log {
         }
         self.snapshots.retain(|s| !doomed.contains(s));
         while let Some(first) = self.sealed.first() {
-            let next_first = self.sealed.get(1).map_or(self.active.first_lsn, |s| s.first_lsn);
+            let next_first = self
+                .sealed
+                .get(1)
+                .map_or(self.active.first_lsn, |s| s.first_lsn);
             if next_first - 1 > oldest_kept {
                 break;
             }
@@ -556,6 +577,13 @@ impl Log {
         self.fail_next_sync = true;
     }
 }
+
+// The writer and readers move between threads with their shard.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Log>();
+    assert_send::<LogReader>();
+};
 
 /// The snapshot files of a listing, with their sizes.
 fn snapshot_files(found: &[(Lsn, PathBuf)]) -> Result<Vec<SnapshotFile>, LogError> {

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::LogError;
 use super::format::{
-    Decoded, NotARecord, RECORD_HEADER_BYTES, RECORD_ALIGN, SEGMENT_HEADER_BYTES, decode_record,
-    decode_validated, segment_file_name,
+    Decoded, NotARecord, RECORD_ALIGN, SEGMENT_HEADER_BYTES, decode_record, segment_file_name,
 };
 use super::segment::{MappedSegment, header_hard_error};
 use super::{Lsn, dir};
@@ -108,6 +107,10 @@ impl LogReader {
 
     /// The next record, or `Ok(None)` at the current end of complete batches
     /// (call again later to see records appended since).
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "a lending iterator: records borrow the reader's mappings"
+    )]
     pub fn next(&mut self) -> Result<Option<RecordRef<'_>>, LogError> {
         loop {
             self.drop_passed_segments();
@@ -117,7 +120,7 @@ impl LogReader {
             if self.pos.lsn > self.ready_until && !self.scan_ready()? {
                 return Ok(None);
             }
-            let (at, d) = self.validated_at(self.pos);
+            let (at, d) = self.validated_at(self.pos)?;
             self.pos = Cursor {
                 seg: at.seg,
                 offset: d.next,
@@ -132,7 +135,7 @@ impl LogReader {
     fn record_ref(&self, seg: usize, d: &Decoded) -> RecordRef<'_> {
         let bytes = self.segs[seg].bytes();
         let payload = &bytes[d.payload_at..d.payload_at + d.header.len as usize];
-        debug_assert!(payload.as_ptr() as usize % RECORD_ALIGN == 0);
+        debug_assert!((payload.as_ptr() as usize).is_multiple_of(RECORD_ALIGN));
         RecordRef {
             lsn: d.header.lsn,
             kind: d.header.kind,
@@ -168,15 +171,31 @@ impl LogReader {
         }
     }
 
-    /// The record at an already validated position, stepping over segment
-    /// ends (the segments are mapped: `scan_ready` passed through them).
-    fn validated_at(&self, mut c: Cursor) -> (Cursor, Decoded) {
-        while at_segment_end(self.segs[c.seg].bytes(), c.offset) {
-            c = next_segment(c);
+    /// The record at a position `scan_ready` already validated, stepping
+    /// over segment ends (those segments are mapped). Validated again rather
+    /// than trusted: the bytes could have changed if a restarted writer cut
+    /// a torn tail that this reader had already seen.
+    fn validated_at(&self, mut c: Cursor) -> Result<(Cursor, Decoded), LogError> {
+        while let Some(seg) = self.segs.get(c.seg) {
+            match decode_record(seg.bytes(), c.offset) {
+                Ok(d) if d.header.lsn == c.lsn => return Ok((c, d)),
+                Err(NotARecord::End) => c = next_segment(c),
+                Ok(_) | Err(NotARecord::Invalid(_)) => break,
+            }
         }
-        let d = decode_validated(self.segs[c.seg].bytes(), c.offset);
-        debug_assert_eq!(d.header.lsn, c.lsn);
-        (c, d)
+        let segment = self.segs.get(c.seg).map_or_else(
+            || self.dir.join(segment_file_name(c.lsn)),
+            |s| s.path.clone(),
+        );
+        Err(LogError::Corrupt {
+            shard: self.shard,
+            segment,
+            offset: c.offset as u64,
+            reason: format!(
+                "record {} changed after the reader validated it (did the writer restart and cut a torn tail?)",
+                c.lsn
+            ),
+        })
     }
 
     /// Validates the record expected at `c`, moving into (and mapping) the
@@ -195,9 +214,30 @@ impl LogReader {
                     continue;
                 }
             };
-            // Bytes being written right now look exactly like this too.
+            // Bytes being written right now look exactly like this too,
+            // unless the writer has already moved to a later segment.
+            self.corrupt_if_superseded(c, reason)?;
             return self.missing(c, reason);
         }
+    }
+
+    /// An invalid record at `c` is corruption, not a write in progress, if a
+    /// later segment exists: the writer finishes (and syncs) a segment's
+    /// records before it creates the next one.
+    fn corrupt_if_superseded(&self, c: Cursor, reason: &str) -> Result<(), LogError> {
+        let listing = dir::list(&self.dir)?;
+        if !listing.segments.iter().any(|&(lsn, _)| lsn > c.lsn) {
+            return Ok(());
+        }
+        Err(LogError::Corrupt {
+            shard: self.shard,
+            segment: self.segs[c.seg].path.clone(),
+            offset: c.offset as u64,
+            reason: format!(
+                "record {} invalid ({reason}) but the log continues in a later segment",
+                c.lsn
+            ),
+        })
     }
 
     /// The record expected at `c` is not there: normal at the tail, but
@@ -255,13 +295,6 @@ impl LogReader {
             _ => Ok(()),
         }
     }
-}
-
-/// True if no record can start at `offset`: all-zero header or no room.
-fn at_segment_end(bytes: &[u8], offset: usize) -> bool {
-    bytes
-        .get(offset..offset + RECORD_HEADER_BYTES)
-        .is_none_or(|h| h.iter().all(|&b| b == 0))
 }
 
 fn next_segment(c: Cursor) -> Cursor {

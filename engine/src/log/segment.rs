@@ -81,7 +81,8 @@ impl PreparedSegment {
         mmap::allocate(&file, segment_bytes).map_err(|e| LogError::io("fallocate", &path, e))?;
         // Makes the allocation itself durable now, off the append path, so
         // that a later msync of the data has no file metadata left to write.
-        file.sync_all().map_err(|e| LogError::io("fsync", &path, e))?;
+        file.sync_all()
+            .map_err(|e| LogError::io("fsync", &path, e))?;
         let map = mmap::map_writable(&file, segment_bytes as usize)
             .map_err(|e| LogError::io("mmap", &path, e))?;
         Ok(PreparedSegment { path, file, map })
@@ -170,8 +171,8 @@ impl MappedSegment {
             ),
         };
         let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
-        let header = SegmentHeader::decode(bytes, shard)
-            .and_then(|h| check_header_fits(&h, name_lsn, len));
+        let header =
+            SegmentHeader::decode(bytes, shard).and_then(|h| check_header_fits(&h, name_lsn, len));
         Ok(MappedSegment {
             path: path.into(),
             name_lsn,
@@ -203,7 +204,7 @@ fn check_header_fits(
         ));
     }
     let sane = (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&h.segment_bytes)
-        && h.segment_bytes % RECORD_ALIGN as u64 == 0;
+        && h.segment_bytes.is_multiple_of(RECORD_ALIGN as u64);
     if !sane {
         return Err(HeaderError::Damaged("header segment size out of range"));
     }

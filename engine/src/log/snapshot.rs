@@ -10,7 +10,7 @@ use super::error::LogError;
 use super::format::{
     HeaderError, SNAPSHOT_HEADER_BYTES, SnapshotHeader, TEMP_SUFFIX, snapshot_file_name,
 };
-use super::limits::SNAPSHOT_PAYLOAD_BYTES_MAX;
+use super::limits::{LSN_MAX, SNAPSHOT_PAYLOAD_BYTES_MAX};
 use super::segment::header_hard_error;
 use super::{Lsn, Snapshot, dir};
 
@@ -109,7 +109,7 @@ pub(crate) fn read(
 }
 
 fn header_mismatch(h: &SnapshotHeader, lsn: Lsn, file_bytes: u64) -> Option<&'static str> {
-    if h.lsn != lsn {
+    if h.lsn != lsn || h.lsn > LSN_MAX {
         return Some("header lsn differs from the file name");
     }
     if h.payload_bytes > SNAPSHOT_PAYLOAD_BYTES_MAX {
@@ -158,6 +158,10 @@ pub(crate) fn prune_plan(files: &[SnapshotFile], kept: usize) -> (Vec<SnapshotFi
         let oldest = files.iter().find(|f| f.valid).map_or(0, |f| f.lsn);
         return (Vec::new(), oldest);
     };
-    let doomed = files.iter().filter(|f| f.lsn < oldest_kept.lsn).cloned().collect();
+    let doomed = files
+        .iter()
+        .filter(|f| f.lsn < oldest_kept.lsn)
+        .cloned()
+        .collect();
     (doomed, oldest_kept.lsn)
 }

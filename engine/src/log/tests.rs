@@ -1,1 +1,237 @@
+//! Unit tests: byte-level format rules, configuration, snapshot pruning plan,
+//! and the poisoning that needs the `fail_next_sync` hook.
 
+use std::path::PathBuf;
+
+use super::format::*;
+use super::snapshot::{SnapshotFile, prune_plan};
+use super::*;
+
+fn segment_with_record(payload: &[u8]) -> Vec<u8> {
+    let mut seg = vec![0u8; 4096];
+    let span = record_span(payload.len());
+    encode_record(&mut seg[64..64 + span], 9, 4, 3, FLAG_BATCH_END, payload);
+    seg
+}
+
+#[test]
+fn checksum_is_crc32c_as_documented() {
+    assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+}
+
+#[test]
+fn record_round_trips_and_is_padded_to_16() {
+    for len in [0usize, 1, 15, 16, 17, 100] {
+        let payload: Vec<u8> = (0..len as u8).collect();
+        let seg = segment_with_record(&payload);
+        let d = decode_record(&seg, 64).unwrap();
+        assert_eq!(d.header.lsn, 9);
+        assert_eq!(d.header.synced_lsn, 4);
+        assert_eq!(d.header.kind, 3);
+        assert!(d.header.batch_end());
+        assert_eq!(&seg[d.payload_at..d.payload_at + len], &payload[..]);
+        assert_eq!(d.payload_at, 64 + 32);
+        assert_eq!(d.next % 16, 0);
+        assert_eq!(d.next, 64 + (32 + len).next_multiple_of(16));
+        assert_eq!(decode_record(&seg, d.next), Err(NotARecord::End));
+    }
+}
+
+#[test]
+fn any_bit_flip_in_a_record_span_invalidates_it() {
+    let seg = segment_with_record(b"seventeen bytes!!");
+    let span = record_span(17);
+    for byte in 64..64 + span {
+        for bit in 0..8 {
+            let mut damaged = seg.clone();
+            damaged[byte] ^= 1 << bit;
+            assert!(
+                matches!(decode_record(&damaged, 64), Err(NotARecord::Invalid(_))),
+                "flip at byte {byte} bit {bit} went unnoticed"
+            );
+        }
+    }
+}
+
+#[test]
+fn record_must_fit_its_segment() {
+    let seg = segment_with_record(&[7u8; 100]);
+    let cut = &seg[..64 + 32 + 50];
+    assert_eq!(
+        decode_record(cut, 64),
+        Err(NotARecord::Invalid("record extends past the segment end"))
+    );
+    // No room for even a header: the segment's end.
+    assert_eq!(decode_record(&seg[..64 + 16], 64), Err(NotARecord::End));
+}
+
+#[test]
+fn proof_needs_a_valid_record_synced_past_the_expected_lsn() {
+    let seg = segment_with_record(b"x"); // lsn 9, synced_lsn 4
+    assert!(proves_durable(&seg, 64, 4).is_some());
+    assert!(proves_durable(&seg, 64, 5).is_none());
+    let mut damaged = seg.clone();
+    damaged[100] ^= 1;
+    assert!(proves_durable(&damaged, 64, 4).is_none());
+}
+
+#[test]
+fn segment_header_round_trips_and_rejects_damage() {
+    let h = SegmentHeader {
+        shard: 200,
+        segment_bytes: 1 << 20,
+        first_lsn: 77,
+    };
+    let bytes = h.encode();
+    assert_eq!(&bytes[..8], b"RSVSEG\0\x01");
+    assert_eq!(SegmentHeader::decode(&bytes, 200), Ok(h));
+    assert_eq!(
+        SegmentHeader::decode(&bytes, 201),
+        Err(HeaderError::WrongShard(200))
+    );
+    for byte in 0..64 {
+        let mut damaged = bytes;
+        damaged[byte] ^= 0x10;
+        assert!(
+            matches!(
+                SegmentHeader::decode(&damaged, 200),
+                Err(HeaderError::Damaged(_))
+            ),
+            "byte {byte}"
+        );
+    }
+    assert!(SegmentHeader::decode(&[0u8; 64], 200).is_err());
+}
+
+#[test]
+fn snapshot_header_round_trips() {
+    let h = SnapshotHeader {
+        shard: 3,
+        lsn: 5,
+        payload_bytes: 6,
+        payload_crc: 7,
+    };
+    assert_eq!(SnapshotHeader::decode(&h.encode(), 3), Ok(h));
+}
+
+#[test]
+fn file_names_sort_by_lsn_and_parse_strictly() {
+    assert_eq!(segment_file_name(12), "seg-00000000000000000012.log");
+    assert_eq!(snapshot_file_name(12), "snap-00000000000000000012.snap");
+    let kind = |s: &str| classify(std::path::Path::new(s));
+    assert_eq!(kind("seg-00000000000000000012.log"), FileKind::Segment(12));
+    assert_eq!(
+        kind("snap-00000000000000000012.snap"),
+        FileKind::Snapshot(12)
+    );
+    assert_eq!(kind("seg-prepared.tmp"), FileKind::Temp);
+    assert_eq!(kind("seg-12.log"), FileKind::Other);
+    assert_eq!(kind("seg-0000000000000000001x.log"), FileKind::Other);
+    assert_eq!(kind("LOCK"), FileKind::Other);
+    assert_eq!(kind("seg-00000000000000000000.log"), FileKind::Other);
+    assert_eq!(kind("seg-99999999999999999999.log"), FileKind::Other);
+}
+
+#[test]
+fn config_is_validated() {
+    assert!(LogConfig::default().validate().is_ok());
+    let bad = [
+        (limits::SEGMENT_BYTES_MIN - 4096, 2),
+        (limits::SEGMENT_BYTES_MAX + 4096, 2),
+        (limits::SEGMENT_BYTES_MIN + 16, 2),
+        (limits::SEGMENT_BYTES_MIN, 0),
+        (limits::SEGMENT_BYTES_MIN, limits::SNAPSHOTS_KEPT_MAX + 1),
+    ];
+    for (segment_bytes, snapshots_kept) in bad {
+        let c = LogConfig {
+            segment_bytes,
+            snapshots_kept,
+        };
+        assert!(matches!(c.validate(), Err(LogError::Config(_))), "{c:?}");
+    }
+}
+
+#[test]
+fn prune_plan_keeps_the_newest_valid_snapshots() {
+    let file = |lsn, valid| SnapshotFile {
+        lsn,
+        path: PathBuf::from(format!("{lsn}")),
+        bytes: 1,
+        valid,
+    };
+    let files = [
+        file(10, true),
+        file(20, true),
+        file(30, true),
+        file(40, false),
+    ];
+    let (doomed, oldest) = prune_plan(&files, 2);
+    assert_eq!(oldest, 20);
+    assert_eq!(doomed, vec![file(10, true)]);
+    let (doomed, oldest) = prune_plan(&files, 4);
+    assert_eq!((doomed.len(), oldest), (0, 10));
+    let (doomed, oldest) = prune_plan(&[file(5, false)], 1);
+    assert_eq!((doomed.len(), oldest), (0, 0));
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: limits::SEGMENT_BYTES_MIN,
+        snapshots_kept: 2,
+    }
+}
+
+#[test]
+fn failed_sync_poisons_the_log_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    log.append_batch([(1, &b"durable"[..])].into_iter())
+        .unwrap();
+    assert_eq!(log.sync().unwrap(), 1);
+    log.append_batch([(1, &b"lost?"[..])].into_iter()).unwrap();
+    log.fail_next_sync();
+    assert!(matches!(log.sync(), Err(LogError::Io { op: "msync", .. })));
+    assert!(log.is_poisoned());
+    assert_eq!(log.durable_lsn(), 1);
+    let append = log.append_batch([(1, &b"more"[..])].into_iter());
+    assert!(matches!(append, Err(LogError::Poisoned { shard: 1 })));
+    assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
+    assert!(matches!(
+        log.write_snapshot(1, b"s"),
+        Err(LogError::Poisoned { .. })
+    ));
+    drop(log);
+    // Reopening reads what is on disk; the durable record is there.
+    let (log, recovery) = Log::open(dir.path(), 1, small_config()).unwrap();
+    assert!(recovery.last_lsn >= 1);
+    let mut reader = log.read_from(1).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().payload, b"durable");
+}
+
+#[test]
+fn failed_sync_at_rollover_poisons_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    let big = vec![5u8; 40 << 10];
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    log.fail_next_sync();
+    // The second record does not fit: rollover syncs the first segment.
+    let err = log.append_batch([(1, &big[..])].into_iter()).unwrap_err();
+    assert!(matches!(err, LogError::Io { op: "msync", .. }), "{err}");
+    assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
+}
+
+#[test]
+fn next_segment_is_prepared_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    assert!(dir.path().join(PREPARED_SEGMENT_NAME).exists());
+    let big = vec![5u8; 40 << 10];
+    for _ in 0..3 {
+        log.append_batch([(1, &big[..])].into_iter()).unwrap();
+        // After every rollover a fresh segment is waiting again.
+        assert!(dir.path().join(PREPARED_SEGMENT_NAME).exists());
+    }
+    let bytes = limits::SEGMENT_BYTES_MIN;
+    assert_eq!(log.disk_bytes(), 4 * bytes);
+}

@@ -1,0 +1,281 @@
+//! Recovery: torn tails are cut back to the last complete batch; damage to
+//! durable records is reported with its segment and offset.
+
+#[path = "log_helpers.rs"]
+mod helpers;
+
+use std::path::Path;
+
+use helpers::{Rng, *};
+use proptest::prelude::*;
+use reserva_engine::log::{Log, LogError, Lsn};
+
+/// Writes `synced_batches` synced batches, then `unsynced_batches` batches
+/// without a sync, and closes the log. Returns (records, number synced, the
+/// batches' last LSNs).
+fn workload(
+    dir: &Path,
+    seed: u64,
+    synced_batches: usize,
+    unsynced_batches: usize,
+) -> (Vec<Rec>, Lsn, Vec<Lsn>) {
+    let mut rng = Rng::new(seed);
+    let (mut log, _) = open(dir);
+    let mut recs = Vec::new();
+    let mut batch_ends = Vec::new();
+    for _ in 0..synced_batches {
+        recs.extend(append(&mut log, &random_lens(&mut rng, 3000)));
+        log.sync().unwrap();
+        batch_ends.push(log.last_lsn());
+    }
+    let durable = log.durable_lsn();
+    for _ in 0..unsynced_batches {
+        recs.extend(append(&mut log, &random_lens(&mut rng, 3000)));
+        batch_ends.push(log.last_lsn());
+    }
+    (recs, durable, batch_ends)
+}
+
+/// Reopens, checks the log holds exactly the first `keep` records, and that
+/// appends continue at `keep + 1` (and survive another reopen).
+fn assert_recovers_to(dir: &Path, recs: &[Rec], keep: Lsn) {
+    let (mut log, recovery) = open(dir);
+    assert_eq!(recovery.last_lsn, keep);
+    assert_eq!(read_all(&log, 1), recs[..keep as usize].to_vec());
+    let more = append(&mut log, &[33, 44]);
+    assert_eq!(more[0].lsn, keep + 1);
+    log.sync().unwrap();
+    drop(log);
+    let (log, recovery) = open(dir);
+    assert!(recovery.tail_cut.is_none());
+    let mut expected = recs[..keep as usize].to_vec();
+    expected.extend(more);
+    assert_eq!(read_all(&log, 1), expected);
+}
+
+/// The records of LSNs `after+1..` as placed on disk.
+fn placed_after(dir: &Path, after: Lsn) -> Vec<Placed> {
+    placements(dir)
+        .into_iter()
+        .filter(|p| p.lsn > after)
+        .collect()
+}
+
+#[test]
+fn log_torn_tail_zeroed_from_a_random_offset_drops_exactly_that_batch() {
+    for seed in 0..40 {
+        let dir = fast_tempdir();
+        let (recs, durable, _) = workload(dir.path(), seed, 12, 1);
+        let torn = placed_after(dir.path(), durable);
+        let mut rng = Rng::new(seed + 1000);
+        let victim = &torn[rng.range(0, torn.len() as u64) as usize];
+        // Zero from a byte that is not zero yet (one of the first 9 header
+        // bytes, which include the lsn field, or a payload byte), so the
+        // batch really is damaged.
+        let offset = match victim.len > 0 && rng.range(0, 2) == 0 {
+            true => victim.offset + 32 + rng.range(0, victim.len),
+            false => victim.offset + rng.range(0, 9),
+        };
+        zero_from(&victim.segment, offset);
+        for later in torn.iter().filter(|p| p.segment > victim.segment) {
+            zero_from(&later.segment, 64);
+        }
+        assert_recovers_to(dir.path(), &recs, durable);
+    }
+}
+
+#[test]
+fn log_torn_tail_with_flipped_bits_drops_exactly_that_batch() {
+    for seed in 0..40 {
+        let dir = fast_tempdir();
+        let (recs, durable, _) = workload(dir.path(), seed, 10, 1);
+        let torn = placed_after(dir.path(), durable);
+        let mut rng = Rng::new(seed + 2000);
+        // Distinct bits, so no flip undoes another.
+        let mut flips = std::collections::BTreeSet::new();
+        for _ in 0..rng.range(1, 4) {
+            let victim = &torn[rng.range(0, torn.len() as u64) as usize];
+            let offset = victim.offset + rng.range(0, victim.span);
+            flips.insert((victim.segment.clone(), offset, rng.range(0, 8) as u8));
+        }
+        for (segment, offset, bit) in &flips {
+            flip_bit(segment, *offset, *bit);
+        }
+        let (log, recovery) = open(dir.path());
+        let cut = recovery.tail_cut.expect("a damaged batch is reported");
+        assert!(cut.bytes_discarded > 0);
+        drop(log);
+        assert_recovers_to(dir.path(), &recs, durable);
+    }
+}
+
+#[test]
+fn log_incomplete_batch_in_a_fresh_segment_is_cut_with_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path());
+    let mut recs = append(&mut log, &[1000]);
+    log.sync().unwrap();
+    // One batch that rolls over into a new segment, never synced.
+    recs.extend(append(&mut log, &[30_000, 30_000, 30_000]));
+    drop(log);
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 2);
+    zero_from(&segs[1], 0); // The new segment's header and records never made it.
+    let (log, recovery) = open(dir.path());
+    let cut = recovery.tail_cut.unwrap();
+    assert_eq!(cut.segment, segs[0]);
+    assert_eq!(cut.records_discarded, 2);
+    assert_eq!(cut.segments_deleted, vec![segs[1].clone()]);
+    assert_eq!(segments(dir.path()), vec![segs[0].clone()]);
+    drop(log);
+    assert_recovers_to(dir.path(), &recs, 1);
+}
+
+#[test]
+fn log_flipped_bit_in_a_synced_record_is_corruption_at_its_offset() {
+    for seed in 0..30 {
+        let dir = fast_tempdir();
+        let (_, durable, batch_ends) = workload(dir.path(), seed, 25, 1);
+        // Any record followed by at least one later synced batch: that batch
+        // was written after this record had passed a barrier.
+        let last_proven = batch_ends[batch_ends.len() - 3];
+        assert!(last_proven < durable);
+        let candidates: Vec<Placed> = placements(dir.path())
+            .into_iter()
+            .filter(|p| p.lsn <= last_proven)
+            .collect();
+        let mut rng = Rng::new(seed + 3000);
+        let victim = &candidates[rng.range(0, candidates.len() as u64) as usize];
+        let offset = victim.offset + rng.range(0, victim.span);
+        flip_bit(&victim.segment, offset, rng.range(0, 8) as u8);
+        let err = Log::open(dir.path(), 7, config()).unwrap_err();
+        match err {
+            LogError::Corrupt {
+                shard,
+                segment,
+                offset,
+                ..
+            } => {
+                assert_eq!(shard, 7);
+                assert_eq!(segment, victim.segment, "seed {seed}");
+                assert_eq!(offset, victim.offset, "seed {seed}");
+            }
+            other => panic!("seed {seed}: expected Corrupt, got {other}"),
+        }
+        let message = Log::open(dir.path(), 7, config()).unwrap_err().to_string();
+        assert!(message.contains(&victim.segment.display().to_string()));
+    }
+}
+
+#[test]
+fn log_damaged_segment_header_before_durable_records_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    workload(dir.path(), 5, 60, 0);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3);
+    flip_bit(&segs[1], 20, 3);
+    let err = Log::open(dir.path(), 7, config()).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Corrupt { segment, offset: 0, .. } if *segment == segs[1]),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_missing_middle_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    workload(dir.path(), 6, 60, 0);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3);
+    std::fs::remove_file(&segs[1]).unwrap();
+    let err = Log::open(dir.path(), 7, config()).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Corrupt { segment, offset: 0, .. } if *segment == segs[2]),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_leftover_temp_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recs, durable, _) = workload(dir.path(), 7, 5, 0);
+    std::fs::write(dir.path().join("snap-00000000000000000003.tmp"), b"junk").unwrap();
+    let (log, _) = open(dir.path());
+    assert!(!dir.path().join("snap-00000000000000000003.tmp").exists());
+    assert_eq!(read_all(&log, 1), recs[..durable as usize].to_vec());
+}
+
+/// Damage applied to the unsynced tail, at a fraction of its byte length.
+#[derive(Debug, Clone)]
+enum Damage {
+    ZeroFrom(f64),
+    Flip(f64, u8),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (0.0..1.0f64).prop_map(Damage::ZeroFrom),
+        (0.0..1.0f64, 0u8..8).prop_map(|(at, bit)| Damage::Flip(at, bit)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever happens to unsynced batches, recovery does not fail, keeps
+    /// every synced batch, and keeps only whole batches.
+    #[test]
+    fn log_recovery_keeps_synced_batches_and_only_whole_batches(
+        seed in 0u64..1_000_000,
+        synced in 1usize..12,
+        unsynced in 1usize..4,
+        damages in proptest::collection::vec(damage(), 1..4),
+    ) {
+        let dir = fast_tempdir();
+        let (recs, durable, batch_ends) = workload(dir.path(), seed, synced, unsynced);
+        let tail = placed_after(dir.path(), durable);
+        let tail_bytes: u64 = tail.iter().map(|p| p.span).sum();
+        for d in &damages {
+            let (at, bit) = match *d {
+                Damage::ZeroFrom(at) => (at, None),
+                Damage::Flip(at, bit) => (at, Some(bit)),
+            };
+            // Map the fraction to a byte of the tail's records.
+            let mut skip = (at * tail_bytes as f64) as u64;
+            let victim = tail.iter().find(|p| {
+                let hit = skip < p.span;
+                if !hit { skip -= p.span; }
+                hit
+            }).unwrap();
+            match bit {
+                Some(bit) => flip_bit(&victim.segment, victim.offset + skip, bit),
+                None => zero_from(&victim.segment, victim.offset + skip),
+            }
+        }
+        let (log, recovery) = open(dir.path());
+        let last = recovery.last_lsn;
+        prop_assert!(last >= durable, "lost synced records: {last} < {durable}");
+        prop_assert!(batch_ends.contains(&last), "kept a partial batch: ends at {last}");
+        prop_assert_eq!(read_all(&log, 1), recs[..last as usize].to_vec());
+    }
+}
+
+#[test]
+fn log_failed_sync_poisons_and_reopen_keeps_synced_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path());
+    let synced = append(&mut log, &[10, 20]);
+    log.sync().unwrap();
+    append(&mut log, &[30]);
+    log.fail_next_sync();
+    let err = log.sync().unwrap_err();
+    assert!(matches!(err, LogError::Io { op: "msync", .. }), "{err}");
+    let err = log.append_batch([(1, &b"x"[..])].into_iter()).unwrap_err();
+    assert!(matches!(err, LogError::Poisoned { shard: 7 }), "{err}");
+    assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
+    drop(log);
+    // Whatever reached the disk of the failed batch, the synced one is there.
+    let (log, recovery) = open(dir.path());
+    assert!(recovery.last_lsn >= 2);
+    assert_eq!(read_all(&log, 1)[..2], synced[..]);
+}

@@ -1,0 +1,465 @@
+//! One executor ("core"): the shards it owns, their queues, and group commit.
+//!
+//! Everything here runs on the core's own thread. Other cores reach a shard
+//! only through [`Forwarded`] messages on the core's bounded inbox; a shard is
+//! never touched by two threads.
+//!
+//! Group commit: the committer task takes up to `COMMIT_BATCH_MAX` requests
+//! from every shard that has work, applies them (reads are answered at their
+//! place in the batch), appends each shard's records as one log batch, makes
+//! every touched shard durable (under `--fsync always`), and only then sends
+//! the answers. A burst makes batches bigger, not answers slower.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use reserva_engine::ids::ShardId;
+use reserva_engine::shard::Shard;
+use reserva_engine::sm::{Command, ShardState};
+use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
+use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
+
+use crate::config::{FsyncMode, ServerConfig};
+use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
+
+/// A request waiting for its shard, with where to send the answer.
+#[derive(Debug)]
+pub struct Pending {
+    /// The operation.
+    pub op: Op,
+    /// Set when a seller sent it: stock changes must be on their own SKUs.
+    pub seller: Option<String>,
+    /// Where the answer goes (dropped for internal requests).
+    pub reply: Option<oneshot::Sender<OpResult>>,
+}
+
+impl Pending {
+    fn answer(self, result: OpResult) {
+        if let Some(tx) = self.reply {
+            // The connection may be gone; its answer is then simply dropped.
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// A request forwarded from the core that received it to the core that owns its shard.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// Target shard (owned by the receiving core).
+    pub shard: ShardId,
+    /// The request.
+    pub pending: Pending,
+}
+
+struct Slot {
+    shard: Shard,
+    queue: VecDeque<Pending>,
+    in_ready: bool,
+    tick_queued: bool,
+}
+
+/// The shards of one core and everything that drives them.
+pub struct Core {
+    /// This core's number.
+    pub id: u16,
+    /// Who owns what, and where each core listens.
+    pub map: Arc<ShardMap>,
+    /// Node configuration.
+    pub config: Arc<ServerConfig>,
+    /// Inboxes of every core (index = core), for forwarding.
+    pub peers: Vec<flume::Sender<Forwarded>>,
+    /// Set when the node is asked to stop.
+    pub shutdown: Arc<AtomicBool>,
+    slots: RefCell<BTreeMap<ShardId, Slot>>,
+    ready: RefCell<VecDeque<ShardId>>,
+    doorbell_tx: LocalSender<()>,
+    doorbell_rx: LocalReceiver<()>,
+    stopping: Cell<bool>,
+}
+
+/// Wall-clock time in Unix ms: the only clock reading of the server, stamped on each batch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Core {
+    /// A core owning `shards`.
+    pub fn new(
+        id: u16,
+        shards: Vec<Shard>,
+        map: Arc<ShardMap>,
+        config: Arc<ServerConfig>,
+        peers: Vec<flume::Sender<Forwarded>>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Self {
+        let slots = shards
+            .into_iter()
+            .map(|s| {
+                (
+                    s.id(),
+                    Slot {
+                        shard: s,
+                        queue: VecDeque::new(),
+                        in_ready: false,
+                        tick_queued: false,
+                    },
+                )
+            })
+            .collect();
+        let (doorbell_tx, doorbell_rx) = local_channel::new_bounded(1);
+        Core {
+            id,
+            map,
+            config,
+            peers,
+            shutdown,
+            slots: RefCell::new(slots),
+            ready: RefCell::new(VecDeque::new()),
+            doorbell_tx,
+            doorbell_rx,
+            stopping: Cell::new(false),
+        }
+    }
+
+    /// Sends `pending` to the core owning `shard` (this one or another).
+    pub fn submit(&self, shard: ShardId, pending: Pending) {
+        let owner = self.map.owner_of(shard).unwrap_or(self.id);
+        if owner == self.id {
+            self.enqueue(shard, pending);
+            return;
+        }
+        let Some(peer) = self.peers.get(usize::from(owner)) else {
+            pending.answer(Err(WireError::Unavailable {
+                shard,
+                reason: format!("core {owner} does not exist"),
+            }));
+            return;
+        };
+        if let Err(e) = peer.try_send(Forwarded { shard, pending }) {
+            let (f, reason) = match e {
+                flume::TrySendError::Full(f) => (f, None),
+                flume::TrySendError::Disconnected(f) => (f, Some("owning core is stopping")),
+            };
+            let err = match reason {
+                None => WireError::Overloaded {
+                    retry_after_ms: RETRY_AFTER_MS,
+                },
+                Some(r) => WireError::Unavailable {
+                    shard,
+                    reason: r.into(),
+                },
+            };
+            f.pending.answer(Err(err));
+        }
+    }
+
+    /// Queues `pending` on a shard of this core, or answers `Overloaded` when its queue is full.
+    pub fn enqueue(&self, shard: ShardId, pending: Pending) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(&shard) else {
+            let owner_core = self.map.owner_of(shard).unwrap_or(self.id);
+            pending.answer(Err(WireError::WrongShard {
+                shard,
+                owner_core,
+                map_version: self.map.version,
+            }));
+            return;
+        };
+        if self.stopping.get() {
+            pending.answer(Err(WireError::Unavailable {
+                shard,
+                reason: "server is shutting down".into(),
+            }));
+            return;
+        }
+        if slot.queue.len() >= SHARD_QUEUE_DEPTH_MAX {
+            pending.answer(Err(WireError::Overloaded {
+                retry_after_ms: RETRY_AFTER_MS,
+            }));
+            return;
+        }
+        slot.queue.push_back(pending);
+        if !slot.in_ready {
+            slot.in_ready = true;
+            self.ready.borrow_mut().push_back(shard);
+        }
+        drop(slots);
+        // A full doorbell already means "work waiting".
+        let _ = self.doorbell_tx.try_send(());
+    }
+
+    /// Receives forwarded requests from other cores until the node stops.
+    pub async fn run_inbox(self: Rc<Self>, inbox: flume::Receiver<Forwarded>) {
+        while let Ok(f) = inbox.recv_async().await {
+            self.enqueue(f.shard, f.pending);
+        }
+    }
+
+    /// The committer: group commit, forever (until the node stops and the queues are empty).
+    pub async fn run_committer(self: Rc<Self>) {
+        loop {
+            if self.ready.borrow().is_empty() {
+                if self.stopping.get() {
+                    return;
+                }
+                if self.doorbell_rx.recv().await.is_none() {
+                    return;
+                }
+                continue;
+            }
+            self.commit_round();
+            // Let connections read and write between rounds.
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// One group commit over every shard with work.
+    pub fn commit_round(&self) {
+        let round: Vec<ShardId> = self.ready.borrow_mut().drain(..).collect();
+        let now = now_ms();
+        let mut answers: Vec<(ShardId, Vec<Answer>)> = Vec::with_capacity(round.len());
+        let mut slots = self.slots.borrow_mut();
+        for id in round {
+            let Some(slot) = slots.get_mut(&id) else {
+                continue;
+            };
+            let take = slot.queue.len().min(COMMIT_BATCH_MAX);
+            let batch: Vec<Pending> = slot.queue.drain(..take).collect();
+            let mut done = Vec::with_capacity(batch.len());
+            for Pending { op, seller, reply } in batch {
+                if matches!(&op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })) {
+                    slot.tick_queued = false;
+                }
+                let result = execute(self.id, slot, op, seller.as_deref(), now);
+                done.push((reply, result));
+            }
+            if let Err(e) = slot.shard.append_staged() {
+                tracing::error!(shard = id, error = %e, "log append failed; shard poisoned");
+                fail_mutations(&mut done, id, &e.to_string());
+            }
+            slot.in_ready = !slot.queue.is_empty();
+            if slot.in_ready {
+                self.ready.borrow_mut().push_back(id);
+            }
+            answers.push((id, done));
+        }
+        if self.config.fsync == FsyncMode::Always {
+            for (id, done) in &mut answers {
+                let Some(slot) = slots.get_mut(id) else {
+                    continue;
+                };
+                if slot.shard.last_lsn() == slot.shard.durable_lsn() {
+                    continue;
+                }
+                if let Err(e) = slot.shard.sync() {
+                    tracing::error!(shard = *id, error = %e, "durability barrier failed; shard poisoned");
+                    fail_mutations(done, *id, &e.to_string());
+                }
+            }
+        }
+        for (id, _) in &answers {
+            if let Some(slot) = slots.get_mut(id)
+                && slot.shard.last_lsn() == slot.shard.durable_lsn()
+                && let Err(e) = slot.shard.maybe_snapshot()
+            {
+                tracing::warn!(shard = *id, error = %e, "snapshot failed; will retry later");
+            }
+        }
+        drop(slots);
+        for (_, done) in answers {
+            for (reply, r) in done {
+                if let Some(tx) = reply {
+                    // The connection may be gone; its answer is then dropped.
+                    let _ = tx.send(r);
+                }
+            }
+        }
+    }
+
+    /// Queues the housekeeping `Tick` of every shard that has something due.
+    pub fn queue_ticks(&self) {
+        let now = now_ms();
+        let due: Vec<(ShardId, reserva_engine::sm::Request)> = {
+            let mut slots = self.slots.borrow_mut();
+            slots
+                .iter_mut()
+                .filter(|(_, s)| !s.tick_queued && !s.shard.is_poisoned())
+                .filter_map(|(id, s)| {
+                    let req = s.shard.tick_request(now)?;
+                    s.tick_queued = true;
+                    Some((*id, req))
+                })
+                .collect()
+        };
+        for (id, req) in due {
+            self.enqueue(
+                id,
+                Pending {
+                    op: Op::Mutate(req),
+                    seller: None,
+                    reply: None,
+                },
+            );
+        }
+    }
+
+    /// Makes every shard durable (interval mode's timer and shutdown).
+    pub fn sync_all(&self) {
+        let mut slots = self.slots.borrow_mut();
+        for (id, slot) in slots.iter_mut() {
+            if slot.shard.is_poisoned() || slot.shard.last_lsn() == slot.shard.durable_lsn() {
+                continue;
+            }
+            if let Err(e) = slot.shard.sync() {
+                tracing::error!(shard = *id, error = %e, "durability barrier failed; shard poisoned");
+            }
+        }
+    }
+
+    /// Stops accepting work, answers what is queued, and makes everything durable.
+    pub fn drain_and_stop(&self) {
+        self.stopping.set(true);
+        while !self.ready.borrow().is_empty() {
+            self.commit_round();
+        }
+        self.sync_all();
+        let _ = self.doorbell_tx.try_send(());
+    }
+
+    /// Whether the node is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+}
+
+/// Where an answer goes, and the answer.
+type Answer = (Option<oneshot::Sender<OpResult>>, OpResult);
+
+/// After a failed append or barrier nothing of the batch is known durable:
+/// every success (and every read that may have seen it) becomes `Unavailable`.
+fn fail_mutations(done: &mut [Answer], shard: ShardId, reason: &str) {
+    for (_, r) in done.iter_mut() {
+        if r.is_ok() {
+            *r = Err(WireError::Unavailable {
+                shard,
+                reason: format!("log failure, outcome unknown until restart: {reason}"),
+            });
+        }
+    }
+}
+
+/// Runs one operation on a shard at its place in the batch.
+fn execute(core: u16, slot: &mut Slot, op: Op, seller: Option<&str>, now: u64) -> OpResult {
+    let id = slot.shard.id();
+    if slot.shard.is_poisoned() {
+        return Err(WireError::Unavailable {
+            shard: id,
+            reason: "shard poisoned by a log failure; restart the node".into(),
+        });
+    }
+    match op {
+        Op::Query(q) => query(core, slot, q),
+        Op::Mutate(req) => {
+            if let Some(seller) = seller {
+                seller_owns(slot.shard.state(), &req.command, seller)?;
+            }
+            slot.shard
+                .apply(now, req)
+                .map(Reply::Outcome)
+                .map_err(WireError::Engine)
+        }
+    }
+}
+
+/// A seller may only change stock of SKUs that are theirs.
+fn seller_owns(state: &ShardState, command: &Command, seller: &str) -> Result<(), WireError> {
+    let sku = match command {
+        Command::UpsertSku { sku, .. }
+        | Command::SetStock { sku, .. }
+        | Command::AdjustStock { sku, .. }
+        | Command::Restock { sku, .. } => sku,
+        _ => return Ok(()),
+    };
+    match state.sku(sku) {
+        Some(s) if s.seller_id != seller => Err(WireError::Unauthorized {
+            reason: format!("sku {sku:?} belongs to another seller"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
+    let state = slot.shard.state();
+    let not_found = |what: &str, id: String| WireError::NotFound {
+        what: what.into(),
+        id,
+    };
+    match q {
+        Query::GetSku { sku } => state
+            .sku(&sku)
+            .cloned()
+            .map(Reply::Sku)
+            .ok_or_else(|| not_found("sku", sku)),
+        Query::GetReservation { id } => state
+            .reservation(id)
+            .cloned()
+            .map(Reply::Reservation)
+            .ok_or_else(|| not_found("reservation", id.to_string())),
+        Query::GetOrder { id } => state
+            .order(id)
+            .cloned()
+            .map(Reply::Order)
+            .ok_or_else(|| not_found("order", id.to_string())),
+        Query::ListOrders {
+            user_id,
+            after,
+            limit,
+        } => {
+            if limit == 0 || limit > LIST_ORDERS_LIMIT_MAX {
+                return Err(WireError::invalid(format!(
+                    "limit must be in 1..={LIST_ORDERS_LIMIT_MAX}"
+                )));
+            }
+            let mut iter = state
+                .orders_of(&user_id)
+                .skip_while(|o| after.is_some_and(|a| o.id <= a))
+                .peekable();
+            let orders: Vec<_> = iter.by_ref().take(limit as usize).cloned().collect();
+            let next = if iter.peek().is_some() {
+                orders.last().map(|o| o.id)
+            } else {
+                None
+            };
+            Ok(Reply::Orders { orders, next })
+        }
+        Query::GetCart { user_id } => Ok(Reply::Cart(state.cart(&user_id).to_vec())),
+        Query::ShardStats { shard } => {
+            let (skus, reservations, orders, idem) = state.counts();
+            Ok(Reply::ShardStats(ShardStats {
+                shard,
+                core,
+                lsn: slot.shard.last_lsn(),
+                durable_lsn: slot.shard.durable_lsn(),
+                clock_ms: state.clock_ms(),
+                queue_depth: slot.queue.len() as u32,
+                skus: skus as u64,
+                reservations: reservations as u64,
+                orders: orders as u64,
+                idempotency_records: idem as u64,
+            }))
+        }
+    }
+}
+
+/// Whether `shutdown` was requested.
+pub fn shutdown_requested(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed)
+}

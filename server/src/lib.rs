@@ -1,0 +1,13 @@
+//! reserva's thread-per-core shard server.
+//!
+//! [`node`] starts one glommio executor per core and recovers the shards each
+//! owns; [`core`] is one executor's shards, queues and group commit; [`conn`]
+//! serves one client connection of the binary protocol; [`auth`] maps API keys
+//! to roles; [`config`] and [`limits`] hold the settings and bounds.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod core;
+pub mod limits;
+pub mod node;

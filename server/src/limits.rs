@@ -1,0 +1,29 @@
+//! Every bound the server enforces, in one place.
+
+use std::time::Duration;
+
+/// Requests waiting in one shard's queue; past it, `Overloaded`.
+pub const SHARD_QUEUE_DEPTH_MAX: usize = 4_096;
+/// Requests one group commit takes from a shard's queue.
+pub const COMMIT_BATCH_MAX: usize = 1_024;
+/// Operations forwarded to one core and not yet queued there; past it, `Overloaded`.
+pub const FORWARD_QUEUE_MAX: usize = 8_192;
+/// `BATCH` frames one connection may have in flight; past it, the server stops reading that connection.
+pub const IN_FLIGHT_BATCHES_PER_CONNECTION_MAX: usize = 64;
+/// Encoded frames waiting to be written to one connection.
+pub const WRITE_QUEUE_FRAMES_MAX: usize = 64;
+/// Open client connections per core; past it, new connections are closed at once.
+pub const CONNECTIONS_PER_CORE_MAX: usize = 4_096;
+/// Hint returned with `Overloaded`.
+pub const RETRY_AFTER_MS: u32 = 5;
+/// How often each core looks for expired reservations.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// A connection that has not completed `HELLO` within this time is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often cores check for a shutdown request.
+pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// I/O memory each executor locks (glommio needs locked memory; see docs/operations.md).
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
+
+const _: () = assert!(COMMIT_BATCH_MAX <= SHARD_QUEUE_DEPTH_MAX);
+const _: () = assert!(reserva_protocol::limits::BATCH_OPS_MAX <= SHARD_QUEUE_DEPTH_MAX);

@@ -1,0 +1,340 @@
+//! A node: start one executor per core, recover the shards, listen, serve,
+//! and stop cleanly on SIGTERM / SIGINT.
+//!
+//! Connections: every core accepts on the node's `--listen` address
+//! (SO_REUSEPORT, so the kernel spreads connections over cores) and on a port
+//! of its own, published in the shard map. A shard-aware client talks to the
+//! owning core's port directly; anything that lands on another core is
+//! forwarded over a bounded inbox.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use reserva_engine::ids::ShardId;
+use reserva_engine::limits::SHARD_COUNT;
+use reserva_engine::log::LogConfig;
+use reserva_engine::shard::{Shard, ShardConfig};
+use reserva_protocol::{CoreEndpoint, ShardMap};
+use socket2::{Domain, Socket, Type};
+
+use crate::config::{FsyncMode, ServerConfig};
+use crate::core::{Core, Forwarded, shutdown_requested};
+use crate::limits::{CONNECTIONS_PER_CORE_MAX, FORWARD_QUEUE_MAX, SHUTDOWN_POLL, TICK_INTERVAL};
+
+/// The core that owns `shard` when the node has `cores` cores.
+pub fn initial_owner(shard: ShardId, cores: u16) -> u16 {
+    shard % cores
+}
+
+/// The directory of one shard.
+pub fn shard_dir(data: &std::path::Path, shard: ShardId) -> PathBuf {
+    data.join("shards").join(format!("{shard:03}"))
+}
+
+/// Binds `addr` with SO_REUSEPORT (and without listening) to hold the port,
+/// resolving port 0; the executors then bind the same address.
+fn reserve_port(addr: SocketAddr) -> anyhow::Result<(Socket, SocketAddr)> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .context("bound address is not an IP socket address")?;
+    Ok((socket, bound))
+}
+
+/// Runs a node until it is told to stop. Returns once everything is durable.
+pub fn run(config: ServerConfig) -> anyhow::Result<()> {
+    if config.auth.is_none() && !config.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without --auth-file: without API keys reserva serves loopback only \
+             (use --listen 127.0.0.1:PORT, or give --auth-file FILE)",
+            config.listen
+        );
+    }
+    if config.cores == 0 || config.cores > SHARD_COUNT {
+        bail!("--cores must be in 1..={SHARD_COUNT}");
+    }
+    std::fs::create_dir_all(config.data_dir.join("shards"))
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    if config.auth.is_none() {
+        tracing::warn!("no --auth-file: every client has full access; listening on loopback only");
+    }
+    let (main_socket, listen) = reserve_port(config.listen)?;
+    let mut core_sockets = Vec::new();
+    let mut cores = Vec::new();
+    for core in 0..config.cores {
+        let (s, addr) = reserve_port(SocketAddr::new(listen.ip(), 0))?;
+        core_sockets.push(s);
+        cores.push(CoreEndpoint {
+            core,
+            addr: addr.to_string(),
+        });
+    }
+    let owners = (0..SHARD_COUNT)
+        .map(|s| initial_owner(s, config.cores))
+        .collect();
+    let map = Arc::new(ShardMap {
+        version: 1,
+        owners,
+        cores,
+    });
+    let shutdown = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
+
+    let config = Arc::new(ServerConfig { listen, ..config });
+    let started = Instant::now();
+    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..config.cores)
+        .map(|_| flume::bounded::<Forwarded>(FORWARD_QUEUE_MAX))
+        .unzip();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::new();
+    for (core, inbox) in (0..config.cores).zip(inbox_rx) {
+        let placement = if config.pin {
+            Placement::Fixed(usize::from(core) % ncpu)
+        } else {
+            Placement::Unbound
+        };
+        let ctx = CoreContext {
+            core,
+            map: map.clone(),
+            config: config.clone(),
+            peers: inbox_tx.clone(),
+            inbox,
+            shutdown: shutdown.clone(),
+            ready: ready_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("core-{core}"))
+            .io_memory(config.io_memory_bytes)
+            .spawn(move || run_core(ctx))
+            .map_err(|e| anyhow::anyhow!(executor_help(&e.to_string())))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    drop(inbox_tx);
+    for _ in 0..config.cores {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+                join_all(handles);
+                bail!(e);
+            }
+            Err(_) => {
+                join_all(handles);
+                bail!("an executor stopped during start-up; see the log above");
+            }
+        }
+    }
+    drop(core_sockets);
+    drop(main_socket);
+    let addrs: Vec<&str> = map.cores.iter().map(|c| c.addr.as_str()).collect();
+    tracing::info!(%listen, cores = config.cores, recovery_ms = started.elapsed().as_millis() as u64, "ready");
+    // Machine-readable start-up line (tests and scripts wait for it).
+    println!(
+        "reserva-server ready listen={listen} cores={} core_addrs={} fsync={:?}",
+        config.cores,
+        addrs.join(","),
+        config.fsync
+    );
+    let failed = join_all(handles);
+    if failed > 0 {
+        bail!("{failed} executor(s) failed; see the log above");
+    }
+    tracing::info!("stopped; all shards durable");
+    Ok(())
+}
+
+fn join_all(handles: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>) -> usize {
+    let mut failed = 0;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "executor failed");
+                failed += 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "executor panicked or could not start");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
+fn executor_help(error: &str) -> String {
+    format!(
+        "cannot start an executor: {error}. reserva needs io_uring and locked memory: allow io_uring \
+         (sysctl kernel.io_uring_disabled=0; containers may need a seccomp profile that permits it) and raise \
+         the locked-memory limit (`ulimit -l` at least 512 KiB plus --io-memory per core; LimitMEMLOCK= in systemd), \
+         or lower --io-memory"
+    )
+}
+
+struct CoreContext {
+    core: u16,
+    map: Arc<ShardMap>,
+    config: Arc<ServerConfig>,
+    peers: Vec<flume::Sender<Forwarded>>,
+    inbox: flume::Receiver<Forwarded>,
+    shutdown: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<Result<u16, String>>,
+}
+
+async fn run_core(ctx: CoreContext) -> Result<(), String> {
+    let core_id = ctx.core;
+    let shards = match open_shards(&ctx) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ctx.ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let listeners = match bind(&ctx) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ctx.ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let core = Rc::new(Core::new(
+        core_id,
+        shards,
+        ctx.map,
+        ctx.config.clone(),
+        ctx.peers,
+        ctx.shutdown.clone(),
+    ));
+    glommio::spawn_local(core.clone().run_committer()).detach();
+    glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();
+    let connections = Rc::new(std::cell::Cell::new(0usize));
+    for listener in listeners {
+        glommio::spawn_local(accept_loop(core.clone(), listener, connections.clone())).detach();
+    }
+    let _ = ctx.ready.send(Ok(core_id));
+    let mut last_sync = Instant::now();
+    let mut last_tick = Instant::now();
+    while !shutdown_requested(&ctx.shutdown) {
+        glommio::timer::sleep(SHUTDOWN_POLL.min(TICK_INTERVAL)).await;
+        if last_tick.elapsed() >= TICK_INTERVAL {
+            core.queue_ticks();
+            last_tick = Instant::now();
+        }
+        if let FsyncMode::Interval(every) = ctx.config.fsync
+            && last_sync.elapsed() >= every
+        {
+            core.sync_all();
+            last_sync = Instant::now();
+        }
+    }
+    tracing::info!(
+        core = core_id,
+        "stopping: answering queued requests and making them durable"
+    );
+    core.drain_and_stop();
+    // Give answer tasks a moment to write what was committed.
+    glommio::timer::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+fn open_shards(ctx: &CoreContext) -> Result<Vec<Shard>, String> {
+    let started = Instant::now();
+    let mut shards = Vec::new();
+    let mut replayed = 0u64;
+    let cfg = ShardConfig {
+        log: LogConfig {
+            segment_bytes: ctx.config.segment_bytes,
+            ..LogConfig::default()
+        },
+        snapshot_every_records: ctx.config.snapshot_every_records,
+    };
+    for shard in (0..SHARD_COUNT).filter(|s| ctx.map.owner_of(*s) == Some(ctx.core)) {
+        let dir = shard_dir(&ctx.config.data_dir, shard);
+        let (s, report) = Shard::open(&dir, shard, cfg.clone()).map_err(|e| {
+            format!(
+                "core {}: cannot recover shard {shard} in {}: {e}",
+                ctx.core,
+                dir.display()
+            )
+        })?;
+        if let Some(cut) = &report.tail_cut {
+            tracing::warn!(shard, segment = %cut.segment.display(), offset = cut.offset, reason = %cut.reason, "cut a torn log tail");
+        }
+        replayed += report.records_replayed;
+        shards.push(s);
+    }
+    tracing::info!(
+        core = ctx.core,
+        shards = shards.len(),
+        records_replayed = replayed,
+        ms = started.elapsed().as_millis() as u64,
+        "shards recovered"
+    );
+    Ok(shards)
+}
+
+fn bind(ctx: &CoreContext) -> Result<Vec<TcpListener>, String> {
+    let own = ctx
+        .map
+        .endpoint(ctx.core)
+        .ok_or_else(|| format!("core {} missing from the shard map", ctx.core))?
+        .addr
+        .clone();
+    let mut out = Vec::new();
+    for addr in [ctx.config.listen.to_string(), own] {
+        let l = TcpListener::bind(addr.as_str())
+            .map_err(|e| format!("core {}: cannot listen on {addr}: {e}", ctx.core))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: TcpListener,
+    connections: Rc<std::cell::Cell<usize>>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(core = core.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if core.is_stopping() {
+            return;
+        }
+        if connections.get() >= CONNECTIONS_PER_CORE_MAX {
+            tracing::warn!(
+                core = core.id,
+                "CONNECTIONS_PER_CORE_MAX reached; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        }
+        connections.set(connections.get() + 1);
+        let (c, n) = (core.clone(), connections.clone());
+        glommio::spawn_local(async move {
+            crate::conn::serve(c, stream).await;
+            n.set(n.get() - 1);
+        })
+        .detach();
+    }
+}
