@@ -17,7 +17,7 @@ use rkyv::rancor;
 
 use crate::ids::ShardId;
 use crate::limits::TICK_EXPIRIES_MAX;
-use crate::log::{Log, LogConfig, LogError, LogReader, Lsn, RecordRef, TailCut};
+use crate::log::{Log, LogConfig, LogError, LogReader, Lsn, PendingSync, RecordRef, TailCut};
 use crate::sm::{Command, EngineError, LogEntry, Outcome, Request, ShardState, StateImage};
 
 /// How a shard is opened.
@@ -269,6 +269,30 @@ impl Shard {
     pub fn sync(&mut self) -> Result<Lsn, ShardError> {
         self.check_poisoned()?;
         self.log.sync().map_err(|e| {
+            self.poisoned = true;
+            ShardError::from(e)
+        })
+    }
+
+    /// [`Shard::sync`] in two halves, so that the blocking part
+    /// ([`PendingSync::run`]) can run on another thread while the owner serves
+    /// other shards. Nothing may be applied or appended between the halves.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, ShardError> {
+        self.check_poisoned()?;
+        self.log.begin_sync().map_err(|e| {
+            self.poisoned = true;
+            ShardError::from(e)
+        })
+    }
+
+    /// The second half of [`Shard::begin_sync`]; a failed sync poisons the shard.
+    pub fn finish_sync(
+        &mut self,
+        pending: PendingSync,
+        result: std::io::Result<()>,
+    ) -> Result<Lsn, ShardError> {
+        self.check_poisoned()?;
+        self.log.finish_sync(pending, result).map_err(|e| {
             self.poisoned = true;
             ShardError::from(e)
         })

@@ -19,8 +19,8 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use reserva_protocol::limits::{BATCH_OPS_MAX, FRAME_BYTES_MAX, HEADER_BYTES, PROTOCOL_VERSION};
 use reserva_protocol::{
-    Batch, FrameDecoder, Hello, HelloOk, Message, OpResult, Results, WireError, message_to_vec,
-    route,
+    Batch, FrameDecoder, Hello, HelloOk, Message, OpResult, Results, WireError, encode_results,
+    message_to_vec, route,
 };
 
 use crate::auth::{Principal, Role, authorize};
@@ -249,11 +249,13 @@ impl Conn {
                 };
                 results.push(rx.await.unwrap_or(Err(lost)));
             }
-            let frame = match message_to_vec(request_id, &Message::Results(Results { results })) {
-                Ok(f) => f,
-                Err(e) => message_to_vec(request_id, &Message::Error(e.to_wire_error()))
-                    .unwrap_or_default(),
-            };
+            // Replies that do not fit one frame are shed (answered FrameTooLarge) by the encoder.
+            let mut frame = Vec::new();
+            let mut results = Results { results };
+            if let Err(e) = encode_results(request_id, &mut results, FRAME_BYTES_MAX, &mut frame) {
+                frame = message_to_vec(request_id, &Message::Error(e.to_wire_error()))
+                    .unwrap_or_default();
+            }
             let _ = out.send(frame).await;
             drop(permit);
         })

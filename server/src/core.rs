@@ -215,17 +215,47 @@ impl Core {
                 }
                 continue;
             }
-            self.commit_round();
+            self.commit_round().await;
             // Let connections read and write between rounds.
             glommio::yield_if_needed().await;
         }
     }
 
-    /// One group commit over every shard with work.
-    pub fn commit_round(&self) {
+    /// One group commit over every shard with work: apply and append each
+    /// shard's batch, make every touched shard durable (the barriers run in
+    /// parallel on the blocking pool while this core keeps reading
+    /// connections), then answer.
+    pub async fn commit_round(&self) {
+        let mut answers = self.apply_round();
+        if self.config.fsync == FsyncMode::Always {
+            self.barriers(&mut answers).await;
+        }
+        let mut slots = self.slots.borrow_mut();
+        for (id, _) in &answers {
+            if let Some(slot) = slots.get_mut(id)
+                && slot.shard.last_lsn() == slot.shard.durable_lsn()
+                && let Err(e) = slot.shard.maybe_snapshot()
+            {
+                tracing::warn!(shard = *id, error = %e, "snapshot failed; will retry later");
+            }
+        }
+        drop(slots);
+        for (_, done) in answers {
+            for (reply, r) in done {
+                if let Some(tx) = reply {
+                    // The connection may be gone; its answer is then dropped.
+                    let _ = tx.send(r);
+                }
+            }
+        }
+    }
+
+    /// Applies up to `COMMIT_BATCH_MAX` queued requests of every ready shard
+    /// and appends each shard's records as one log batch (not yet durable).
+    fn apply_round(&self) -> Vec<(ShardId, Vec<Answer>)> {
         let round: Vec<ShardId> = self.ready.borrow_mut().drain(..).collect();
         let now = now_ms();
-        let mut answers: Vec<(ShardId, Vec<Answer>)> = Vec::with_capacity(round.len());
+        let mut answers = Vec::with_capacity(round.len());
         let mut slots = self.slots.borrow_mut();
         for id in round {
             let Some(slot) = slots.get_mut(&id) else {
@@ -251,37 +281,81 @@ impl Core {
             }
             answers.push((id, done));
         }
-        if self.config.fsync == FsyncMode::Always {
-            for (id, done) in &mut answers {
-                let Some(slot) = slots.get_mut(id) else {
+        answers
+    }
+
+    /// Durability barriers of every shard touched by the round, in parallel;
+    /// a shard whose barrier failed answers `Unavailable` for the whole round.
+    async fn barriers(&self, answers: &mut [(ShardId, Vec<Answer>)]) {
+        let ids: Vec<ShardId> = answers.iter().map(|(id, _)| *id).collect();
+        for (failed, reason) in self.run_barriers(ids).await {
+            if let Some((_, done)) = answers.iter_mut().find(|(id, _)| *id == failed) {
+                fail_mutations(done, failed, &reason);
+            }
+        }
+    }
+
+    /// Runs the barriers of `ids` on the blocking pool (each an `fdatasync`,
+    /// all in flight at once) while this core keeps serving; returns the
+    /// shards whose barrier failed (they are poisoned).
+    async fn run_barriers(&self, ids: Vec<ShardId>) -> Vec<(ShardId, String)> {
+        let mut failed = Vec::new();
+        let mut jobs = Vec::new();
+        {
+            let mut slots = self.slots.borrow_mut();
+            for id in ids {
+                let Some(slot) = slots.get_mut(&id) else {
                     continue;
                 };
-                if slot.shard.last_lsn() == slot.shard.durable_lsn() {
+                if slot.shard.is_poisoned() {
                     continue;
                 }
-                if let Err(e) = slot.shard.sync() {
-                    tracing::error!(shard = *id, error = %e, "durability barrier failed; shard poisoned");
-                    fail_mutations(done, *id, &e.to_string());
+                match slot.shard.begin_sync() {
+                    Ok(Some(pending)) => jobs.push((id, pending)),
+                    Ok(None) => {}
+                    Err(e) => failed.push((id, e.to_string())),
                 }
             }
         }
-        for (id, _) in &answers {
-            if let Some(slot) = slots.get_mut(id)
-                && slot.shard.last_lsn() == slot.shard.durable_lsn()
-                && let Err(e) = slot.shard.maybe_snapshot()
-            {
-                tracing::warn!(shard = *id, error = %e, "snapshot failed; will retry later");
+        let tasks: Vec<_> = jobs
+            .into_iter()
+            .map(|(id, pending)| {
+                glommio::spawn_local(async move {
+                    let (pending, result) = glommio::executor()
+                        .spawn_blocking(move || {
+                            let r = pending.run();
+                            (pending, r)
+                        })
+                        .await;
+                    (id, pending, result)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (id, pending, result) = task.await;
+            let mut slots = self.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(&id) else {
+                continue;
+            };
+            if let Err(e) = slot.shard.finish_sync(pending, result) {
+                tracing::error!(shard = id, error = %e, "durability barrier failed; shard poisoned");
+                failed.push((id, e.to_string()));
             }
         }
-        drop(slots);
-        for (_, done) in answers {
-            for (reply, r) in done {
-                if let Some(tx) = reply {
-                    // The connection may be gone; its answer is then dropped.
-                    let _ = tx.send(r);
-                }
-            }
-        }
+        failed
+    }
+
+    /// Makes every shard durable, with the barriers in parallel (the
+    /// interval mode's timer; appends may continue meanwhile).
+    pub async fn sync_dirty(&self) {
+        let ids: Vec<ShardId> = self
+            .slots
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.shard.last_lsn() != s.shard.durable_lsn())
+            .map(|(id, _)| *id)
+            .collect();
+        self.run_barriers(ids).await;
     }
 
     /// Queues the housekeeping `Tick` of every shard that has something due.
@@ -324,13 +398,10 @@ impl Core {
         }
     }
 
-    /// Stops accepting work, answers what is queued, and makes everything durable.
-    pub fn drain_and_stop(&self) {
+    /// Stops accepting work. The committer answers what is queued and then
+    /// returns; the caller awaits it and calls [`Core::sync_all`].
+    pub fn stop(&self) {
         self.stopping.set(true);
-        while !self.ready.borrow().is_empty() {
-            self.commit_round();
-        }
-        self.sync_all();
         let _ = self.doorbell_tx.try_send(());
     }
 

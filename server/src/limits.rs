@@ -22,6 +22,9 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often cores check for a shutdown request.
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// Threads per core that run durability barriers in parallel (one per shard
+/// being synced); more than this many shards touched in one round wait their turn.
+pub const SYNC_THREADS_PER_CORE: usize = 32;
 /// I/O memory each executor locks (glommio needs locked memory; see docs/operations.md).
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use reserva_engine::ids::ShardId;
 use reserva_engine::limits::SHARD_COUNT;
 use reserva_engine::log::LogConfig;
@@ -26,7 +26,10 @@ use socket2::{Domain, Socket, Type};
 
 use crate::config::{FsyncMode, ServerConfig};
 use crate::core::{Core, Forwarded, shutdown_requested};
-use crate::limits::{CONNECTIONS_PER_CORE_MAX, FORWARD_QUEUE_MAX, SHUTDOWN_POLL, TICK_INTERVAL};
+use crate::limits::{
+    CONNECTIONS_PER_CORE_MAX, FORWARD_QUEUE_MAX, SHUTDOWN_POLL, SYNC_THREADS_PER_CORE,
+    TICK_INTERVAL,
+};
 
 /// The core that owns `shard` when the node has `cores` cores.
 pub fn initial_owner(shard: ShardId, cores: u16) -> u16 {
@@ -120,6 +123,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{core}"))
             .io_memory(config.io_memory_bytes)
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(SYNC_THREADS_PER_CORE))
             .spawn(move || run_core(ctx))
             .map_err(|e| anyhow::anyhow!(executor_help(&e.to_string())))?;
         handles.push(handle);
@@ -220,7 +224,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         ctx.peers,
         ctx.shutdown.clone(),
     ));
-    glommio::spawn_local(core.clone().run_committer()).detach();
+    let committer = glommio::spawn_local(core.clone().run_committer());
     glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();
     let connections = Rc::new(std::cell::Cell::new(0usize));
     for listener in listeners {
@@ -238,7 +242,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         if let FsyncMode::Interval(every) = ctx.config.fsync
             && last_sync.elapsed() >= every
         {
-            core.sync_all();
+            core.sync_dirty().await;
             last_sync = Instant::now();
         }
     }
@@ -246,7 +250,9 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         core = core_id,
         "stopping: answering queued requests and making them durable"
     );
-    core.drain_and_stop();
+    core.stop();
+    committer.await;
+    core.sync_all();
     // Give answer tasks a moment to write what was committed.
     glommio::timer::sleep(Duration::from_millis(50)).await;
     Ok(())

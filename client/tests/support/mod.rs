@@ -273,7 +273,7 @@ async fn serve(state: Arc<FakeState>, core: u16, conn: usize, mut stream: TcpStr
             }
         }
         // Held answers go out after a quiet spell even if fewer than `hold` came.
-        let read = tokio::time::timeout(Duration::from_millis(100), stream.read_buf(&mut buf));
+        let read = tokio::time::timeout(Duration::from_millis(200), stream.read_buf(&mut buf));
         match read.await {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}

@@ -407,6 +407,54 @@ impl Log {
     }
 
     /// Flushes the active segment's dirty range; poisons the log on failure.
+    /// The first half of a barrier that runs off the writer's thread: the
+    /// records appended so far (up to [`Log::last_lsn`]) become durable once
+    /// [`PendingSync::run`] (an `fdatasync` of the active segment, which on
+    /// Linux writes back pages dirtied through the mapping like `msync` does)
+    /// returns `Ok` and the result is handed to [`Log::finish_sync`].
+    /// Appending may go on in between; those records wait for a later
+    /// barrier. `None` if nothing is waiting for a barrier.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogError> {
+        self.check_writable()?;
+        if self.durable_lsn == self.last_lsn {
+            return Ok(None);
+        }
+        let file = self
+            .active
+            .file
+            .try_clone()
+            .map_err(|e| LogError::io("dup", &self.active.path, e))?;
+        Ok(Some(PendingSync {
+            file,
+            path: self.active.path.clone(),
+            lsn: self.last_lsn,
+            offset: self.write_offset,
+            fail: std::mem::take(&mut self.fail_next_sync),
+        }))
+    }
+
+    /// The second half of [`Log::begin_sync`]. A failed sync poisons the log.
+    pub fn finish_sync(
+        &mut self,
+        pending: PendingSync,
+        result: io::Result<()>,
+    ) -> Result<Lsn, LogError> {
+        self.check_writable()?;
+        if let Err(source) = result {
+            self.poisoned = true;
+            tracing::error!(shard = self.shard, path = %pending.path.display(), error = %source, "log: fdatasync failed; log poisoned");
+            return Err(LogError::io("fdatasync", &pending.path, source));
+        }
+        debug_assert!(pending.lsn <= self.last_lsn);
+        // A rollover in between synced the old segment itself; the dirty
+        // range then belongs to the new one and stays as it is.
+        if pending.path == self.active.path {
+            self.dirty_start = self.dirty_start.max(pending.offset);
+        }
+        self.durable_lsn = self.durable_lsn.max(pending.lsn);
+        Ok(self.durable_lsn)
+    }
+
     fn flush_dirty(&mut self) -> Result<(), LogError> {
         let result = if std::mem::take(&mut self.fail_next_sync) {
             Err(io::Error::other("injected sync failure (test hook)"))
@@ -598,4 +646,29 @@ fn snapshot_files(found: &[(Lsn, PathBuf)]) -> Result<Vec<SnapshotFile>, LogErro
             })
         })
         .collect()
+}
+
+/// A barrier prepared by [`Log::begin_sync`], to run on any thread.
+#[derive(Debug)]
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+    lsn: Lsn,
+    offset: usize,
+    fail: bool,
+}
+
+impl PendingSync {
+    /// Makes the active segment's data durable (`fdatasync`). Blocks.
+    pub fn run(&self) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("injected sync failure (test hook)"));
+        }
+        self.file.sync_data()
+    }
+
+    /// The LSN that is durable once this succeeds.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
 }

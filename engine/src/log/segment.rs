@@ -79,8 +79,13 @@ impl PreparedSegment {
             .open(&path)
             .map_err(|e| LogError::io("create", &path, e))?;
         mmap::allocate(&file, segment_bytes).map_err(|e| LogError::io("fallocate", &path, e))?;
+        // fallocate leaves "unwritten" extents: the first barrier after a
+        // write would also have to commit their conversion to the file
+        // system's journal. Writing zeros once, here, off the append path,
+        // leaves a barrier nothing but data pages to write.
+        zero_fill(&file, segment_bytes).map_err(|e| LogError::io("zero-fill", &path, e))?;
         // Makes the allocation itself durable now, off the append path, so
-        // that a later msync of the data has no file metadata left to write.
+        // that a later barrier of the data has no file metadata left to write.
         file.sync_all()
             .map_err(|e| LogError::io("fsync", &path, e))?;
         let map = mmap::map_writable(&file, segment_bytes as usize)
@@ -237,4 +242,18 @@ pub(crate) fn header_reason(e: &HeaderError) -> String {
         HeaderError::Unsupported(v) => format!("segment header has unsupported version {v}"),
         HeaderError::WrongShard(s) => format!("segment header belongs to shard {s}"),
     }
+}
+
+/// Writes zeros over the whole file, 1 MiB at a time.
+fn zero_fill(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
