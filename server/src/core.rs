@@ -161,8 +161,9 @@ impl Core {
         }
     }
 
-    /// Queues `pending` on a shard of this core, or answers `Overloaded` when its queue is full.
-    pub fn enqueue(&self, shard: ShardId, pending: Pending) {
+    /// Queues `pending` on a shard of this core, or answers `Overloaded` when
+    /// its queue is full. Returns whether it was queued.
+    pub fn enqueue(&self, shard: ShardId, pending: Pending) -> bool {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(&shard) else {
             let owner_core = self.map.owner_of(shard).unwrap_or(self.id);
@@ -171,20 +172,20 @@ impl Core {
                 owner_core,
                 map_version: self.map.version,
             }));
-            return;
+            return false;
         };
         if self.stopping.get() {
             pending.answer(Err(WireError::Unavailable {
                 shard,
                 reason: "server is shutting down".into(),
             }));
-            return;
+            return false;
         }
         if slot.queue.len() >= SHARD_QUEUE_DEPTH_MAX {
             pending.answer(Err(WireError::Overloaded {
                 retry_after_ms: RETRY_AFTER_MS,
             }));
-            return;
+            return false;
         }
         slot.queue.push_back(pending);
         if !slot.in_ready {
@@ -194,6 +195,7 @@ impl Core {
         drop(slots);
         // A full doorbell already means "work waiting".
         let _ = self.doorbell_tx.try_send(());
+        true
     }
 
     /// Receives forwarded requests from other cores until the node stops.

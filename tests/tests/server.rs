@@ -464,3 +464,45 @@ async fn sigterm_drains_and_exits_zero_and_keeps_everything() {
     assert!(c.get_reservation(r.reservation_id).await.unwrap().is_some());
     assert_eq!(reserved(&c, "term-sku").await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_checked_and_roles_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        "[[keys]]\ntoken = \"admin-secret-1\"\nrole = \"admin\"\n\n\
+         [[keys]]\ntoken = \"alice-secret-1\"\nrole = \"customer\"\nuser_id = \"alice\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--auth-file", auth.to_str().unwrap()]);
+    let wrong = Client::connect(&server.addr, ClientConfig::new("not-a-key")).await;
+    assert!(
+        matches!(&wrong, Err(ClientError::Handshake(reserva_client::HandshakeError::Refused(WireError::Unauthorized { .. })))),
+        "a wrong key must be refused: {:?}",
+        wrong.err()
+    );
+    let admin = Client::connect(&server.addr, ClientConfig::new("admin-secret-1")).await.unwrap();
+    stock_sku(&admin, "auth-sku", &[("w1", 5)]).await;
+    let alice = Client::connect(&server.addr, ClientConfig::new("alice-secret-1")).await.unwrap();
+    alice.reserve("alice", line("auth-sku", 1), None, None).await.unwrap();
+    let as_bob = alice.reserve("bob", line("auth-sku", 1), None, None).await;
+    assert!(matches!(as_bob, Err(ClientError::Server(WireError::Unauthorized { .. }))), "{as_bob:?}");
+    let stock = alice.set_stock("auth-sku", "w1", 100).await;
+    assert!(matches!(stock, Err(ClientError::Server(WireError::Unauthorized { .. }))), "{stock:?}");
+    assert_eq!(reserved(&admin, "auth-sku").await, 1);
+}
+
+#[test]
+fn without_api_keys_the_server_refuses_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(reserva_tests::server_binary())
+        .args(["--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--auth-file"), "unclear refusal: {stderr}");
+}
