@@ -479,18 +479,42 @@ async fn api_keys_are_checked_and_roles_enforced() {
     let server = Server::start(&data, &["--auth-file", auth.to_str().unwrap()]);
     let wrong = Client::connect(&server.addr, ClientConfig::new("not-a-key")).await;
     assert!(
-        matches!(&wrong, Err(ClientError::Handshake(reserva_client::HandshakeError::Refused(WireError::Unauthorized { .. })))),
+        matches!(
+            &wrong,
+            Err(ClientError::Handshake(
+                reserva_client::HandshakeError::Refused(WireError::Unauthorized { .. })
+            ))
+        ),
         "a wrong key must be refused: {:?}",
         wrong.err()
     );
-    let admin = Client::connect(&server.addr, ClientConfig::new("admin-secret-1")).await.unwrap();
+    let admin = Client::connect(&server.addr, ClientConfig::new("admin-secret-1"))
+        .await
+        .unwrap();
     stock_sku(&admin, "auth-sku", &[("w1", 5)]).await;
-    let alice = Client::connect(&server.addr, ClientConfig::new("alice-secret-1")).await.unwrap();
-    alice.reserve("alice", line("auth-sku", 1), None, None).await.unwrap();
+    let alice = Client::connect(&server.addr, ClientConfig::new("alice-secret-1"))
+        .await
+        .unwrap();
+    alice
+        .reserve("alice", line("auth-sku", 1), None, None)
+        .await
+        .unwrap();
     let as_bob = alice.reserve("bob", line("auth-sku", 1), None, None).await;
-    assert!(matches!(as_bob, Err(ClientError::Server(WireError::Unauthorized { .. }))), "{as_bob:?}");
+    assert!(
+        matches!(
+            as_bob,
+            Err(ClientError::Server(WireError::Unauthorized { .. }))
+        ),
+        "{as_bob:?}"
+    );
     let stock = alice.set_stock("auth-sku", "w1", 100).await;
-    assert!(matches!(stock, Err(ClientError::Server(WireError::Unauthorized { .. }))), "{stock:?}");
+    assert!(
+        matches!(
+            stock,
+            Err(ClientError::Server(WireError::Unauthorized { .. }))
+        ),
+        "{stock:?}"
+    );
     assert_eq!(reserved(&admin, "auth-sku").await, 1);
 }
 
@@ -505,4 +529,103 @@ fn without_api_keys_the_server_refuses_a_public_address() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--auth-file"), "unclear refusal: {stderr}");
+}
+
+/// Reads frames from a raw connection until one with `request_id` arrives.
+async fn read_frame(s: &mut TcpStream, buf: &mut bytes::BytesMut) -> reserva_protocol::Frame {
+    let mut decoder = reserva_protocol::FrameDecoder::new();
+    loop {
+        if let Some(f) = decoder.decode(buf).unwrap() {
+            return f;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "server closed the connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_any_core_are_forwarded_to_the_owner() {
+    use reserva_protocol::engine::{Command, Request};
+    use reserva_protocol::{Batch, Op, Reply};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    // A client that is not shard-aware: one connection to the node's main
+    // address, whichever core the kernel hands it to, ops for every shard.
+    let mut s = TcpStream::connect(&server.addr).await.unwrap();
+    let hello = Hello {
+        protocol_version: u16::from(PROTOCOL_VERSION),
+        credential: "x".into(),
+        client_name: "raw".into(),
+    };
+    s.write_all(&message_to_vec(1, &Message::Hello(hello)).unwrap())
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert!(matches!(
+        read_frame(&mut s, &mut buf).await.message().unwrap(),
+        Message::HelloOk(_)
+    ));
+    let price = eur(100);
+    let ops: Vec<Op> = (0..64)
+        .flat_map(|i| {
+            let sku = format!("fwd-sku-{i}");
+            [
+                Op::Mutate(Request::new(Command::UpsertSku {
+                    sku: sku.clone(),
+                    seller_id: "s".into(),
+                    title: "t".into(),
+                    price,
+                })),
+                Op::Mutate(Request::new(Command::SetStock {
+                    sku,
+                    warehouse: "w1".into(),
+                    on_hand: 3,
+                })),
+            ]
+        })
+        .collect();
+    s.write_all(&message_to_vec(2, &Message::Batch(Batch { ops })).unwrap())
+        .await
+        .unwrap();
+    let frame = read_frame(&mut s, &mut buf).await;
+    assert_eq!(frame.request_id, 2);
+    let Message::Results(results) = frame.message().unwrap() else {
+        panic!("expected RESULTS")
+    };
+    assert_eq!(results.results.len(), 128);
+    assert!(
+        results
+            .results
+            .iter()
+            .all(|r| matches!(r, Ok(Reply::Outcome(_)))),
+        "{:?}",
+        results.results
+    );
+    let c = client(&server).await;
+    let shards: std::collections::BTreeSet<u16> = (0..64)
+        .map(|i| reserva_protocol::engine::shard_of(&format!("fwd-sku-{i}")))
+        .collect();
+    let cores: std::collections::BTreeSet<u16> = shards
+        .iter()
+        .filter_map(|s| c.shard_map().owner_of(*s))
+        .collect();
+    assert_eq!(
+        cores.len(),
+        2,
+        "the SKUs must span both cores for this test to mean anything"
+    );
+    for i in 0..64 {
+        assert_eq!(
+            c.get_sku(format!("fwd-sku-{i}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .warehouses[0]
+                .on_hand,
+            3
+        );
+    }
 }
