@@ -83,7 +83,7 @@ impl ClientConfig {
 /// use reserva_client::protocol::engine::{Currency, Money, ReserveLine};
 ///
 /// # async fn demo() -> Result<(), reserva_client::ClientError> {
-/// let client = Client::connect("127.0.0.1:7400", ClientConfig::new("secret")).await?;
+/// let client = Client::connect("127.0.0.1:7700", ClientConfig::new("secret")).await?;
 /// let eur = Currency::parse("EUR").expect("valid code");
 /// client
 ///     .upsert_sku("sku-1", "seller-9", "Kettle", Money { amount_minor: 2_999, currency: eur })

@@ -276,7 +276,9 @@ impl Shard {
 
     /// [`Shard::sync`] in two halves, so that the blocking part
     /// ([`PendingSync::run`]) can run on another thread while the owner serves
-    /// other shards. Nothing may be applied or appended between the halves.
+    /// other shards. Appends may go on in between; they wait for a later
+    /// barrier. Answers of records appended before `begin_sync` may be
+    /// released once `finish_sync` returns `Ok`.
     pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, ShardError> {
         self.check_poisoned()?;
         self.log.begin_sync().map_err(|e| {
@@ -339,11 +341,16 @@ impl Shard {
         Ok(lsn)
     }
 
-    /// Takes a snapshot if `snapshot_every_records` records were appended since the last one.
+    /// Takes a snapshot if `snapshot_every_records` records were appended
+    /// since the last one, first making the log durable if it is not (so
+    /// snapshots also happen when barriers are not on the answer path).
     pub fn maybe_snapshot(&mut self) -> Result<Option<Lsn>, ShardError> {
         let every = self.config.snapshot_every_records;
-        if every == 0 || self.records_since_snapshot < every {
+        if every == 0 || self.records_since_snapshot < every || !self.staged.is_empty() {
             return Ok(None);
+        }
+        if self.log.last_lsn() != self.log.durable_lsn() {
+            self.sync()?;
         }
         self.snapshot().map(Some)
     }

@@ -40,6 +40,7 @@ pub enum Role {
 
 /// Who a connection speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Principal {
     /// The secret.
     pub token: String,
@@ -67,6 +68,7 @@ impl Principal {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AuthFile {
     keys: Vec<Principal>,
 }

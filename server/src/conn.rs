@@ -24,7 +24,7 @@ use reserva_protocol::{
 };
 
 use crate::auth::{Principal, Role, authorize};
-use crate::core::{Core, Pending};
+use crate::core::{Core, Pending, Scope};
 use crate::limits::{
     HANDSHAKE_TIMEOUT, IN_FLIGHT_BATCHES_PER_CONNECTION_MAX, WRITE_QUEUE_FRAMES_MAX,
 };
@@ -217,20 +217,24 @@ impl Conn {
             .await
             .map_err(|e| e.to_string())?;
         let principal = self.principal.clone().ok_or("no principal")?;
-        let seller = (principal.role == Role::Seller)
-            .then(|| principal.seller_id.clone())
-            .flatten();
-        let mut answers: Vec<oneshot::Receiver<OpResult>> = Vec::with_capacity(batch.ops.len());
+        let scope = match principal.role {
+            Role::Admin => Scope::Full,
+            Role::Seller => Scope::Seller(principal.seller_id.clone().unwrap_or_default()),
+            Role::Customer => Scope::Customer(principal.user_id.clone().unwrap_or_default()),
+        };
+        // (shard, answer) per op; shard 0 for ops refused before routing.
+        let mut answers: Vec<(u16, oneshot::Receiver<OpResult>)> =
+            Vec::with_capacity(batch.ops.len());
         for op in batch.ops {
             let (tx, rx) = oneshot::channel();
-            answers.push(rx);
             let routed = authorize(&principal, &op).and_then(|()| route(&op));
+            answers.push((*routed.as_ref().unwrap_or(&0), rx));
             match routed {
                 Ok(shard) => self.core.submit(
                     shard,
                     Pending {
                         op,
-                        seller: seller.clone(),
+                        scope: scope.clone(),
                         reply: Some(tx),
                     },
                 ),
@@ -242,9 +246,9 @@ impl Conn {
         let out = self.out.clone();
         glommio::spawn_local(async move {
             let mut results = Vec::with_capacity(answers.len());
-            for rx in answers {
+            for (shard, rx) in answers {
                 let lost = WireError::Unavailable {
-                    shard: 0,
+                    shard,
                     reason: "server stopped before answering".into(),
                 };
                 results.push(rx.await.unwrap_or(Err(lost)));

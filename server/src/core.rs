@@ -33,8 +33,8 @@ use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
 pub struct Pending {
     /// The operation.
     pub op: Op,
-    /// Set when a seller sent it: stock changes must be on their own SKUs.
-    pub seller: Option<String>,
+    /// Whose data the sender may touch, checked on the owning shard.
+    pub scope: Scope,
     /// Where the answer goes (dropped for internal requests).
     pub reply: Option<oneshot::Sender<OpResult>>,
 }
@@ -46,6 +46,18 @@ impl Pending {
             let _ = tx.send(result);
         }
     }
+}
+
+/// What a request's sender may touch beyond what its role allows everywhere
+/// (see `auth::authorize`); checked against the records on the owning shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Anything (admin, or a node without an auth file).
+    Full,
+    /// A seller: stock changes only on their own SKUs.
+    Seller(String),
+    /// A customer: only their own reservations and orders.
+    Customer(String),
 }
 
 /// A request forwarded from the core that received it to the core that owns its shard.
@@ -235,7 +247,7 @@ impl Core {
         let mut slots = self.slots.borrow_mut();
         for (id, _) in &answers {
             if let Some(slot) = slots.get_mut(id)
-                && slot.shard.last_lsn() == slot.shard.durable_lsn()
+                && !slot.shard.is_poisoned()
                 && let Err(e) = slot.shard.maybe_snapshot()
             {
                 tracing::warn!(shard = *id, error = %e, "snapshot failed; will retry later");
@@ -266,11 +278,11 @@ impl Core {
             let take = slot.queue.len().min(COMMIT_BATCH_MAX);
             let batch: Vec<Pending> = slot.queue.drain(..take).collect();
             let mut done = Vec::with_capacity(batch.len());
-            for Pending { op, seller, reply } in batch {
+            for Pending { op, scope, reply } in batch {
                 if matches!(&op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })) {
                     slot.tick_queued = false;
                 }
-                let result = execute(self.id, slot, op, seller.as_deref(), now);
+                let result = execute(self.id, slot, op, &scope, now);
                 done.push((reply, result));
             }
             if let Err(e) = slot.shard.append_staged() {
@@ -380,7 +392,7 @@ impl Core {
                 id,
                 Pending {
                     op: Op::Mutate(req),
-                    seller: None,
+                    scope: Scope::Full,
                     reply: None,
                 },
             );
@@ -407,6 +419,16 @@ impl Core {
         let _ = self.doorbell_tx.try_send(());
     }
 
+    /// Shards of this core that a log failure poisoned.
+    pub fn poisoned_shards(&self) -> Vec<ShardId> {
+        self.slots
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.shard.is_poisoned())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Whether the node is stopping.
     pub fn is_stopping(&self) -> bool {
         self.stopping.get()
@@ -430,7 +452,7 @@ fn fail_mutations(done: &mut [Answer], shard: ShardId, reason: &str) {
 }
 
 /// Runs one operation on a shard at its place in the batch.
-fn execute(core: u16, slot: &mut Slot, op: Op, seller: Option<&str>, now: u64) -> OpResult {
+fn execute(core: u16, slot: &mut Slot, op: Op, scope: &Scope, now: u64) -> OpResult {
     let id = slot.shard.id();
     if slot.shard.is_poisoned() {
         return Err(WireError::Unavailable {
@@ -438,16 +460,55 @@ fn execute(core: u16, slot: &mut Slot, op: Op, seller: Option<&str>, now: u64) -
             reason: "shard poisoned by a log failure; restart the node".into(),
         });
     }
+    owns(slot.shard.state(), &op, scope)?;
     match op {
         Op::Query(q) => query(core, slot, q),
-        Op::Mutate(req) => {
-            if let Some(seller) = seller {
-                seller_owns(slot.shard.state(), &req.command, seller)?;
+        Op::Mutate(req) => slot
+            .shard
+            .apply(now, req)
+            .map(Reply::Outcome)
+            .map_err(WireError::Engine),
+    }
+}
+
+/// Whether `scope` may run `op`, given the records on the owning shard.
+/// Unknown ids pass, so that they get their usual not-found answer.
+fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
+    let deny = |reason: &str| {
+        Err(WireError::Unauthorized {
+            reason: reason.into(),
+        })
+    };
+    match scope {
+        Scope::Full => Ok(()),
+        Scope::Seller(seller) => match op {
+            Op::Mutate(r) => seller_owns(state, &r.command, seller),
+            Op::Query(Query::GetSku { .. } | Query::ShardStats { .. }) => Ok(()),
+            Op::Query(_) => deny("a seller may not read users' carts, orders or reservations"),
+        },
+        Scope::Customer(me) => {
+            let reservation = match op {
+                Op::Mutate(r) => match &r.command {
+                    Command::Release { reservation_id } | Command::Confirm { reservation_id } => {
+                        Some(*reservation_id)
+                    }
+                    _ => None,
+                },
+                Op::Query(Query::GetReservation { id }) => Some(*id),
+                Op::Query(_) => None,
+            };
+            if let Some(r) = reservation.and_then(|id| state.reservation(id))
+                && r.owner != *me
+            {
+                return deny("the reservation belongs to another user");
             }
-            slot.shard
-                .apply(now, req)
-                .map(Reply::Outcome)
-                .map_err(WireError::Engine)
+            if let Op::Query(Query::GetOrder { id }) = op
+                && let Some(o) = state.order(*id)
+                && o.user_id != *me
+            {
+                return deny("the order belongs to another user");
+            }
+            Ok(())
         }
     }
 }

@@ -139,13 +139,21 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                 bail!(e);
             }
             Err(_) => {
-                join_all(handles);
-                bail!("an executor stopped during start-up; see the log above");
+                // An executor died before reporting: usually io_uring or locked memory.
+                let errors = join_all(handles);
+                bail!(executor_help(&errors.join("; ")));
             }
         }
     }
     drop(core_sockets);
     drop(main_socket);
+    if shutdown_requested(&shutdown) {
+        let failed = join_all(handles);
+        if !failed.is_empty() {
+            bail!("stopped during start-up: {}", failed.join("; "));
+        }
+        return Ok(());
+    }
     let addrs: Vec<&str> = map.cores.iter().map(|c| c.addr.as_str()).collect();
     tracing::info!(%listen, cores = config.cores, recovery_ms = started.elapsed().as_millis() as u64, "ready");
     // Machine-readable start-up line (tests and scripts wait for it).
@@ -156,26 +164,21 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.fsync
     );
     let failed = join_all(handles);
-    if failed > 0 {
-        bail!("{failed} executor(s) failed; see the log above");
+    if !failed.is_empty() {
+        bail!("{} executor(s) failed: {}", failed.len(), failed.join("; "));
     }
     tracing::info!("stopped; all shards durable");
     Ok(())
 }
 
-fn join_all(handles: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>) -> usize {
-    let mut failed = 0;
+/// Waits for every executor; the errors of those that failed.
+fn join_all(handles: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>) -> Vec<String> {
+    let mut failed = Vec::new();
     for h in handles {
         match h.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "executor failed");
-                failed += 1;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "executor panicked or could not start");
-                failed += 1;
-            }
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => failed.push(e.to_string()),
         }
     }
     failed
@@ -185,8 +188,8 @@ fn executor_help(error: &str) -> String {
     format!(
         "cannot start an executor: {error}. reserva needs io_uring and locked memory: allow io_uring \
          (sysctl kernel.io_uring_disabled=0; containers may need a seccomp profile that permits it) and raise \
-         the locked-memory limit (`ulimit -l` at least 512 KiB plus --io-memory per core; LimitMEMLOCK= in systemd), \
-         or lower --io-memory"
+         the locked-memory limit (`ulimit -l` at least 512 KiB; raise it if start-up still fails; LimitMEMLOCK= in systemd), \
+         or lower --io-memory-kib"
     )
 }
 
@@ -234,7 +237,11 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
     let mut last_sync = Instant::now();
     let mut last_tick = Instant::now();
     while !shutdown_requested(&ctx.shutdown) {
-        glommio::timer::sleep(SHUTDOWN_POLL.min(TICK_INTERVAL)).await;
+        let poll = match ctx.config.fsync {
+            FsyncMode::Interval(every) => every.min(SHUTDOWN_POLL),
+            _ => SHUTDOWN_POLL,
+        };
+        glommio::timer::sleep(poll.min(TICK_INTERVAL)).await;
         if last_tick.elapsed() >= TICK_INTERVAL {
             core.queue_ticks();
             last_tick = Instant::now();
@@ -253,6 +260,12 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
     core.stop();
     committer.await;
     core.sync_all();
+    let poisoned = core.poisoned_shards();
+    if !poisoned.is_empty() {
+        return Err(format!(
+            "core {core_id}: shards {poisoned:?} are poisoned; their last answers may not be durable"
+        ));
+    }
     // Give answer tasks a moment to write what was committed.
     glommio::timer::sleep(Duration::from_millis(50)).await;
     Ok(())

@@ -515,7 +515,28 @@ async fn api_keys_are_checked_and_roles_enforced() {
         ),
         "{stock:?}"
     );
-    assert_eq!(reserved(&admin, "auth-sku").await, 1);
+    // Another user's reservation can be neither read nor confirmed.
+    let bobs = admin
+        .reserve("bob", line("auth-sku", 2), None, None)
+        .await
+        .unwrap();
+    let peek = alice.get_reservation(bobs.reservation_id).await;
+    assert!(
+        matches!(
+            peek,
+            Err(ClientError::Server(WireError::Unauthorized { .. }))
+        ),
+        "{peek:?}"
+    );
+    let steal = alice.confirm(bobs.reservation_id).await;
+    assert!(
+        matches!(
+            steal,
+            Err(ClientError::Server(WireError::Unauthorized { .. }))
+        ),
+        "{steal:?}"
+    );
+    assert_eq!(reserved(&admin, "auth-sku").await, 3);
 }
 
 #[test]

@@ -13,7 +13,7 @@ pub enum LogError {
     /// An operating-system call failed. `op` names the call (`"msync"`,
     /// `"fallocate"`, `"rename"`, ...), `path` the file or directory.
     #[error(
-        "I/O error during {op} on {path}: {source} (check free space, permissions and the device; then restart the shard)"
+        "I/O error during {op} on {path}: {source} (check free space, permissions and the device; then restart the node)"
     )]
     Io {
         op: &'static str,
@@ -27,7 +27,7 @@ pub enum LogError {
     /// snapshot prove it had passed a durability barrier. Recovery refuses to
     /// skip it.
     #[error(
-        "shard {shard}: log corrupt in {segment} at byte offset {offset}: {reason}. Durable data is damaged and was not skipped; restore this shard's directory from a replica or backup, or cut the log at this offset by hand knowingly losing the records after it"
+        "shard {shard}: log corrupt in {segment} at byte offset {offset}: {reason}. Durable data is damaged and was not skipped; restore this shard's directory from a backup, or cut the log at this offset by hand knowingly losing the records after it"
     )]
     Corrupt {
         shard: u16,
@@ -40,7 +40,7 @@ pub enum LogError {
     /// is unknown, so the log refuses all further writes (a failed `msync` is
     /// never retried).
     #[error(
-        "shard {shard}: log is poisoned by an earlier failed sync and refuses writes; restart the shard so recovery re-reads what reached the disk"
+        "shard {shard}: log is poisoned by an earlier failed sync and refuses writes; restart the node so recovery re-reads what reached the disk"
     )]
     Poisoned { shard: u16 },
 
