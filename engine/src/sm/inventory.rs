@@ -1,12 +1,14 @@
 //! SKUs, stock, and reservations: the operations on inventory.
 
+use std::fmt::Display;
+
 use crate::ids::ReservationId;
 use crate::limits::*;
 use crate::sm::command::Outcome;
 use crate::sm::error::{EngineError, invalid, limit_reached};
 use crate::sm::state::ShardState;
 use crate::sm::types::{Allocation, Money, Reservation, ReserveLine, Sku, WarehouseStock};
-use crate::sm::validate;
+use crate::sm::validate::{self, Item};
 
 /// One planned hold: line index's SKU, warehouse index in that SKU, units.
 struct Planned<'a> {
@@ -213,7 +215,7 @@ impl ShardState {
             ));
         }
         for (i, w) in preference.iter().enumerate() {
-            validate::id(&format!("warehouse_preference[{i}]"), w)?;
+            validate::id(Item::element("warehouse_preference", i), w)?;
         }
         let ttl = ttl_ms.unwrap_or(TTL_MS_DEFAULT);
         if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl) {
@@ -484,7 +486,7 @@ fn below_reserved(
     }
 }
 
-pub(crate) fn check_money(field: &str, m: Money) -> Result<(), EngineError> {
+pub(crate) fn check_money(field: impl Display, m: Money) -> Result<(), EngineError> {
     if !m.currency.is_valid() {
         return Err(invalid(
             format!("{field}.currency"),

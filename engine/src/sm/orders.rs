@@ -7,7 +7,7 @@ use crate::sm::error::{EngineError, invalid, limit_reached};
 use crate::sm::inventory::check_money;
 use crate::sm::state::ShardState;
 use crate::sm::types::{CartItem, Money, Order, OrderLine, OrderStatus, StatusChange};
-use crate::sm::validate;
+use crate::sm::validate::{self, Item};
 
 impl ShardState {
     pub(crate) fn create_order(
@@ -145,13 +145,13 @@ fn order_total(lines: &[OrderLine]) -> Result<Money, EngineError> {
     let currency = lines[0].unit_price.currency;
     let mut total: u64 = 0;
     for (i, line) in lines.iter().enumerate() {
-        validate::id(&format!("lines[{i}].sku"), &line.sku)?;
-        validate::id(&format!("lines[{i}].warehouse"), &line.warehouse)?;
-        validate::qty(&format!("lines[{i}].qty"), line.qty)?;
-        check_money(&format!("lines[{i}].unit_price"), line.unit_price)?;
+        validate::id(Item::field("lines", i, "sku"), &line.sku)?;
+        validate::id(Item::field("lines", i, "warehouse"), &line.warehouse)?;
+        validate::qty(Item::field("lines", i, "qty"), line.qty)?;
+        check_money(Item::field("lines", i, "unit_price"), line.unit_price)?;
         if line.unit_price.currency != currency {
             return Err(invalid(
-                format!("lines[{i}].unit_price.currency"),
+                format!("{}.currency", Item::field("lines", i, "unit_price")),
                 "all lines of an order must share one currency",
             ));
         }
