@@ -10,6 +10,7 @@ use crate::ids::{OrderId, ReservationId, ShardId};
 use crate::limits::SHARD_COUNT;
 use crate::sm::state::{Fnv64, IdempotencyRecord, Map, ShardState};
 use crate::sm::types::{CartItem, Order, Reservation, Sku};
+use crate::sm::validate;
 
 /// Version of [`StateImage`]'s layout, stored in every snapshot.
 pub const IMAGE_VERSION: u32 = 1;
@@ -139,7 +140,8 @@ impl ShardState {
     /// 2. Conservation: `on_hand = added - removed - deducted + returned`, and
     ///    `reserved` equals the sum held by live reservations.
     /// 3. Indexes agree with the records they index; ids belong to this shard
-    ///    and are below the next sequence numbers.
+    ///    and are below the next sequence numbers; SKU ids are valid keys of
+    ///    this shard.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut held: Map<(&str, &str), u64> = Map::default();
         for r in self.reservations.values() {
@@ -164,7 +166,15 @@ impl ShardState {
         if self.expiries.len() != self.reservations.len() {
             return Err("expiry index lists reservations that do not exist".into());
         }
-        for sku in self.skus.values() {
+        for (key, sku) in &self.skus {
+            // Reservations skip the key checks of SKUs they find stored
+            // (`line_sku`), which is sound only while this holds.
+            if *key != sku.sku || validate::key_on("sku", key, self.shard).is_err() {
+                return Err(format!(
+                    "sku {:?} is not a valid key of shard {}",
+                    sku.sku, self.shard
+                ));
+            }
             for w in &sku.warehouses {
                 check_stock(
                     sku,

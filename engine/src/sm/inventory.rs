@@ -1,21 +1,15 @@
 //! SKUs, stock, and reservations: the operations on inventory.
 
+use std::collections::hash_map::Entry;
 use std::fmt::Display;
 
-use crate::ids::ReservationId;
+use crate::ids::{ReservationId, shard_of};
 use crate::limits::*;
 use crate::sm::command::Outcome;
 use crate::sm::error::{EngineError, invalid, limit_reached};
 use crate::sm::state::ShardState;
 use crate::sm::types::{Allocation, Money, Reservation, ReserveLine, Sku, WarehouseStock};
 use crate::sm::validate::{self, Item};
-
-/// One planned hold: line index's SKU, warehouse index in that SKU, units.
-struct Planned<'a> {
-    sku: &'a str,
-    warehouse: usize,
-    qty: u64,
-}
 
 impl ShardState {
     pub(crate) fn upsert_sku(
@@ -230,27 +224,15 @@ impl ShardState {
                 RESERVATIONS_LIVE_MAX as u64,
             ));
         }
-        let plan = self.plan_reservation(lines, preference)?;
+        let allocations = self.plan_reservation(lines, preference)?;
         let seq = ShardState::mint(&mut self.next_reservation_seq)?;
         let id =
             ReservationId::new(self.shard, seq).ok_or_else(|| invalid("shard", "out of range"))?;
         // Commit: nothing below can fail.
-        let mut allocations = Vec::with_capacity(plan.len());
-        for p in &plan {
-            let record = self
-                .skus
-                .get_mut(p.sku)
-                .ok_or_else(|| EngineError::UnknownSku {
-                    sku: p.sku.to_owned(),
-                })?;
-            let w = &mut record.warehouses[p.warehouse];
-            w.reserved += p.qty;
+        for a in &allocations {
+            let w = self.stock_mut(a);
+            w.reserved += u64::from(a.qty);
             debug_assert!(w.reserved <= w.on_hand);
-            allocations.push(Allocation {
-                sku: p.sku.to_owned(),
-                warehouse: w.warehouse.clone(),
-                qty: p.qty as u32,
-            });
         }
         let expires_at_ms = now.saturating_add(ttl);
         self.expiries.insert((expires_at_ms, id));
@@ -270,45 +252,29 @@ impl ShardState {
         Ok(outcome)
     }
 
-    /// Chooses warehouses for every line without changing anything.
+    /// Chooses warehouses for every line without changing anything, and
+    /// returns the allocations that would hold them.
     ///
     /// Per line: the first preferred warehouse that can ship the whole line,
     /// else the warehouse with the most available units that can, else the
     /// line is split over preferred warehouses in order and then the others by
     /// most available. Earlier lines of the same request count against later ones.
-    fn plan_reservation<'a>(
+    fn plan_reservation(
         &self,
-        lines: &'a [ReserveLine],
+        lines: &[ReserveLine],
         preference: &[String],
-    ) -> Result<Vec<Planned<'a>>, EngineError> {
-        let mut plan: Vec<Planned<'a>> = Vec::with_capacity(lines.len());
+    ) -> Result<Vec<Allocation>, EngineError> {
+        let mut plan: Vec<Allocation> = Vec::with_capacity(lines.len());
+        // Units available per warehouse of the current line's SKU; on the stack
+        // because this runs for every line of every reservation.
+        let mut avail_buf = [0u64; WAREHOUSES_PER_SKU_MAX];
         for (i, line) in lines.iter().enumerate() {
-            validate::key_on(&format!("lines[{i}].sku"), &line.sku, self.shard)?;
-            validate::qty(&format!("lines[{i}].qty"), line.qty)?;
-            let sku = self
-                .skus
-                .get(line.sku.as_str())
-                .ok_or_else(|| EngineError::UnknownSku {
-                    sku: line.sku.clone(),
-                })?;
-            let avail: Vec<u64> = (0..sku.warehouses.len())
-                .map(|w| {
-                    let taken: u64 = plan
-                        .iter()
-                        .filter(|p| p.sku == line.sku && p.warehouse == w)
-                        .map(|p| p.qty)
-                        .sum();
-                    sku.warehouses[w].available() - taken
-                })
-                .collect();
-            let order = routing_order(sku, &avail, preference);
+            let sku = self.line_sku(i, line)?;
+            let avail = &mut avail_buf[..sku.warehouses.len()];
+            available_after(sku, &plan, avail);
             let want = u64::from(line.qty);
-            if let Some(&w) = order.iter().find(|&&w| avail[w] >= want) {
-                plan.push(Planned {
-                    sku: &line.sku,
-                    warehouse: w,
-                    qty: want,
-                });
+            if let Some(w) = whole_line_warehouse(sku, avail, preference, want) {
+                plan.push(allocation(sku, w, want));
                 continue;
             }
             let total: u64 = avail.iter().sum();
@@ -319,22 +285,7 @@ impl ShardState {
                     available: total,
                 });
             }
-            let mut left = want;
-            for w in order {
-                let take = left.min(avail[w]);
-                if take > 0 {
-                    plan.push(Planned {
-                        sku: &line.sku,
-                        warehouse: w,
-                        qty: take,
-                    });
-                    left -= take;
-                }
-                if left == 0 {
-                    break;
-                }
-            }
-            debug_assert_eq!(left, 0);
+            split_line(sku, avail, preference, want, &mut plan);
         }
         if plan.len() > RESERVATION_ALLOCATIONS_MAX {
             return Err(limit_reached(
@@ -343,6 +294,24 @@ impl ShardState {
             ));
         }
         Ok(plan)
+    }
+
+    /// The SKU of reservation line `i`, with the line's checks in their
+    /// original order (sku id, shard, qty, then existence).
+    fn line_sku(&self, i: usize, line: &ReserveLine) -> Result<&Sku, EngineError> {
+        let Some(sku) = self.skus.get(line.sku.as_str()) else {
+            validate::key_on(Item::field("lines", i, "sku"), &line.sku, self.shard)?;
+            validate::qty(Item::field("lines", i, "qty"), line.qty)?;
+            return Err(EngineError::UnknownSku {
+                sku: line.sku.clone(),
+            });
+        };
+        // A stored SKU passed `key_on` when it was created (`check_invariants`
+        // checks it too), so the id and shard checks cannot fail here: skip
+        // them, and the CRC32C of `shard_of` with them.
+        debug_assert_eq!(shard_of(&line.sku), self.shard);
+        validate::qty(Item::field("lines", i, "qty"), line.qty)?;
+        Ok(sku)
     }
 
     pub(crate) fn release(&mut self, id: ReservationId) -> Result<Outcome, EngineError> {
@@ -356,17 +325,17 @@ impl ShardState {
 
     pub(crate) fn confirm(&mut self, now: u64, id: ReservationId) -> Result<Outcome, EngineError> {
         validate::minted_on(id.shard(), self.shard)?;
-        let live = self
-            .reservations
-            .get(&id)
-            .ok_or(EngineError::UnknownReservation { reservation_id: id })?;
-        if live.expires_at_ms <= now {
-            return Err(EngineError::ReservationExpired {
-                reservation_id: id,
-                expired_at_ms: live.expires_at_ms,
-            });
-        }
-        let reservation = self.take_reservation(id)?;
+        let reservation = match self.reservations.entry(id) {
+            Entry::Occupied(live) if live.get().expires_at_ms <= now => {
+                return Err(EngineError::ReservationExpired {
+                    reservation_id: id,
+                    expired_at_ms: live.get().expires_at_ms,
+                });
+            }
+            Entry::Occupied(live) => live.remove(),
+            Entry::Vacant(_) => return Err(EngineError::UnknownReservation { reservation_id: id }),
+        };
+        self.unindex_expiry(&reservation);
         for a in &reservation.allocations {
             let w = self.stock_mut(a);
             let qty = u64::from(a.qty);
@@ -425,13 +394,19 @@ impl ShardState {
             .reservations
             .remove(&id)
             .ok_or(EngineError::UnknownReservation { reservation_id: id })?;
+        self.unindex_expiry(&reservation);
+        Ok(reservation)
+    }
+
+    /// Removes a reservation taken out of `reservations` from the expiry index.
+    fn unindex_expiry(&mut self, reservation: &Reservation) {
+        let id = reservation.id;
         let removed = self.expiries.remove(&(reservation.expires_at_ms, id));
         assert!(
             removed,
             "expiry index lost reservation {id} on shard {}",
             self.shard
         );
-        Ok(reservation)
     }
 
     /// The stock entry an allocation of a live reservation points at.
@@ -450,6 +425,84 @@ impl ShardState {
                     a.sku, a.warehouse
                 )
             })
+    }
+}
+
+/// Fills `avail` with the units each warehouse of `sku` can still give,
+/// after what earlier lines of the same request (`plan`) already hold.
+fn available_after(sku: &Sku, plan: &[Allocation], avail: &mut [u64]) {
+    let repeated = plan.iter().any(|a| a.sku == sku.sku);
+    for (slot, w) in avail.iter_mut().zip(&sku.warehouses) {
+        let taken: u64 = if repeated {
+            plan.iter()
+                .filter(|a| a.sku == sku.sku && a.warehouse == w.warehouse)
+                .map(|a| u64::from(a.qty))
+                .sum()
+        } else {
+            0
+        };
+        *slot = w.available() - taken;
+    }
+}
+
+/// The first warehouse in routing order that can ship `want` units at once.
+///
+/// Same answer as searching [`routing_order`], without building it: if no
+/// preferred warehouse can ship the line, each has less than `want`, so the
+/// most available warehouse overall (first on ties) is the first of the
+/// others in routing order, and it can ship the line iff anyone can.
+fn whole_line_warehouse(
+    sku: &Sku,
+    avail: &[u64],
+    preference: &[String],
+    want: u64,
+) -> Option<usize> {
+    for p in preference {
+        if let Some(i) = sku.warehouses.iter().position(|w| &w.warehouse == p)
+            && avail[i] >= want
+        {
+            return Some(i);
+        }
+    }
+    let mut best: Option<usize> = None;
+    for (i, &a) in avail.iter().enumerate() {
+        if best.is_none_or(|b| a > avail[b]) {
+            best = Some(i);
+        }
+    }
+    best.filter(|&b| avail[b] >= want)
+}
+
+/// Splits a line no single warehouse can ship over warehouses in routing
+/// order. The caller checked that `avail` adds up to at least `want`.
+fn split_line(
+    sku: &Sku,
+    avail: &[u64],
+    preference: &[String],
+    want: u64,
+    plan: &mut Vec<Allocation>,
+) {
+    let mut left = want;
+    for w in routing_order(sku, avail, preference) {
+        let take = left.min(avail[w]);
+        if take > 0 {
+            plan.push(allocation(sku, w, take));
+            left -= take;
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    debug_assert_eq!(left, 0);
+}
+
+/// `qty` units of `sku` held in its warehouse number `w`.
+fn allocation(sku: &Sku, w: usize, qty: u64) -> Allocation {
+    Allocation {
+        sku: sku.sku.clone(),
+        warehouse: sku.warehouses[w].warehouse.clone(),
+        // A line's units are at most LINE_QTY_MAX, so any part of them fits.
+        qty: qty as u32,
     }
 }
 

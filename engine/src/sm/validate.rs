@@ -72,14 +72,13 @@ pub(crate) fn id(field: impl Display, value: &str) -> Result<(), EngineError> {
 
 /// Whether `value` holds a `char::is_control` character (Unicode Cc).
 fn has_control(value: &str) -> bool {
-    // Ids are nearly always ASCII, where Cc is exactly 0x00..=0x1f and 0x7f; a
-    // byte scan of that is much cheaper than decoding chars. Other text takes
-    // the exact path (Cc also covers U+0080..=U+009F).
-    if value.is_ascii() {
-        value.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        value.chars().any(char::is_control)
-    }
+    // Ids are nearly always printable ASCII. One branch-free pass over the
+    // bytes flags ASCII controls and anything outside printable ASCII; only
+    // then are chars decoded (Cc also covers U+0080..=U+009F).
+    let suspect = value
+        .bytes()
+        .fold(false, |acc, b| acc | !(0x20..0x7f).contains(&b));
+    suspect && value.chars().any(char::is_control)
 }
 
 /// Free text of at most `max` bytes (named `limit`).
