@@ -306,6 +306,9 @@ pub(crate) fn snapshot_file_name(lsn: Lsn) -> String {
 
 /// Name under which the next segment is prepared before it is needed.
 pub(crate) const PREPARED_SEGMENT_NAME: &str = "seg-prepared.tmp";
+/// Name of a fully prepared (allocated, zero-filled, synced) next segment,
+/// kept across restarts so that opening a log does not prepare it again.
+pub(crate) const READY_SEGMENT_NAME: &str = "seg-prepared.ready";
 /// Suffix of every temporary file; leftovers are deleted at open.
 pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 /// The file whose `flock` marks the directory's single writer.

@@ -11,8 +11,8 @@ use super::Lsn;
 use super::dir;
 use super::error::LogError;
 use super::format::{
-    HeaderError, PREPARED_SEGMENT_NAME, RECORD_ALIGN, SEGMENT_HEADER_BYTES, SegmentHeader,
-    segment_file_name,
+    HeaderError, PREPARED_SEGMENT_NAME, READY_SEGMENT_NAME, RECORD_ALIGN, SEGMENT_HEADER_BYTES,
+    SegmentHeader, segment_file_name,
 };
 use super::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use super::mmap;
@@ -69,7 +69,54 @@ pub(crate) struct PreparedSegment {
 }
 
 impl PreparedSegment {
+    /// The prepared next segment: the one left ready by an earlier run if it
+    /// has the right size, else a new one.
     pub fn create(dir: &Path, segment_bytes: u64) -> Result<Self, LogError> {
+        let ready = dir.join(READY_SEGMENT_NAME);
+        match Self::reuse(&ready, segment_bytes) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(path = %ready.display(), error = %e, "log: discarding a prepared segment");
+                dir::remove(&ready)?;
+            }
+        }
+        let p = Self::create_new(dir, segment_bytes)?;
+        std::fs::rename(&p.path, &ready).map_err(|e| LogError::io("rename", &p.path, e))?;
+        dir::sync(dir)?;
+        Ok(PreparedSegment { path: ready, ..p })
+    }
+
+    /// Opens a segment an earlier run prepared. It was zero-filled and synced
+    /// before it got this name, and nothing writes to it under this name.
+    fn reuse(path: &Path, segment_bytes: u64) -> Result<Option<Self>, LogError> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LogError::io("open", path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io("stat", path, e))?
+            .len();
+        if len != segment_bytes {
+            return Err(LogError::Config(format!(
+                "prepared segment has {len} bytes, not {segment_bytes}"
+            )));
+        }
+        let map = mmap::map_writable(&file, segment_bytes as usize)
+            .map_err(|e| LogError::io("mmap", path, e))?;
+        if map[..SEGMENT_HEADER_BYTES].iter().any(|&b| b != 0) {
+            return Err(LogError::Config("prepared segment is not blank".into()));
+        }
+        Ok(Some(PreparedSegment {
+            path: path.to_path_buf(),
+            file,
+            map,
+        }))
+    }
+
+    fn create_new(dir: &Path, segment_bytes: u64) -> Result<Self, LogError> {
         let path = dir.join(PREPARED_SEGMENT_NAME);
         let file = OpenOptions::new()
             .read(true)

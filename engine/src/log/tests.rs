@@ -225,12 +225,12 @@ fn failed_sync_at_rollover_poisons_the_log() {
 fn next_segment_is_prepared_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
-    assert!(dir.path().join(PREPARED_SEGMENT_NAME).exists());
+    assert!(dir.path().join(READY_SEGMENT_NAME).exists());
     let big = vec![5u8; 40 << 10];
     for _ in 0..3 {
         log.append_batch([(1, &big[..])].into_iter()).unwrap();
         // After every rollover a fresh segment is waiting again.
-        assert!(dir.path().join(PREPARED_SEGMENT_NAME).exists());
+        assert!(dir.path().join(READY_SEGMENT_NAME).exists());
     }
     let bytes = limits::SEGMENT_BYTES_MIN;
     assert_eq!(log.disk_bytes(), 4 * bytes);
