@@ -185,7 +185,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         let writers: Vec<_> = (0..8)
             .map(|w| tokio::spawn(writer(c.clone(), w + 8 * round as usize, acked.clone())))
             .collect();
-        tokio::time::sleep(Duration::from_millis(300 + 250 * round)).await;
+        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
         server.kill9();
         for w in writers {
             w.await.unwrap();
