@@ -28,7 +28,7 @@ struct Args {
     /// API keys (TOML, [[keys]] with token, role, user_id, seller_id, tier).
     #[arg(long)]
     auth_file: Option<PathBuf>,
-    /// Log segment size per shard, in KiB (preallocated: a node holds about
+    /// Log segment size per shard, in KiB (preallocated: a node holds one or
     /// two segments per shard, 256 shards).
     #[arg(long, default_value_t = 2048)]
     segment_kib: u64,

@@ -40,7 +40,9 @@ use rkyv::util::AlignedVec;
 pub use error::LogError;
 pub use reader::{LogReader, RecordRef};
 
-use format::{FLAG_BATCH_END, SEGMENT_HEADER_BYTES, encode_record, record_span};
+use format::{
+    FLAG_BATCH_END, READY_SEGMENT_NAME, SEGMENT_HEADER_BYTES, encode_record, record_span,
+};
 use limits::{
     BATCH_RECORDS_MAX, SEGMENT_BYTES_ALIGN, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN, SHARD_MAX, SNAPSHOT_PAYLOAD_BYTES_MAX, SNAPSHOTS_KEPT_DEFAULT,
@@ -195,7 +197,12 @@ impl Log {
         let tail_cut = recovered.tail_cut.clone();
         let mut log = Log::resume(dir, shard, config, lock, recovered, snapshots)?;
         log.prune()?;
-        log.prepare_ahead();
+        if dir.join(READY_SEGMENT_NAME).exists() {
+            // Free: an earlier run left it ready.
+            log.prepare_now();
+        } else {
+            log.prepare_ahead();
+        }
         dir::sync(dir)?;
         let recovery = Recovery {
             snapshot,
@@ -319,10 +326,19 @@ impl Log {
         Ok(())
     }
 
-    /// Prepares the next segment after a rollover consumed it. A failure here
-    /// is not the caller's: it is retried (and reported) by the next append
-    /// that needs the segment.
+    /// Prepares the next segment once the active one is half full, so an idle
+    /// shard holds one segment, not two, and a busy one never waits for
+    /// allocation at rollover.
     fn prepare_ahead(&mut self) {
+        if self.write_offset >= self.active.bytes() / 2 {
+            self.prepare_now();
+        }
+    }
+
+    /// Prepares the next segment if none is. A failure here is not the
+    /// caller's: it is retried (and reported) by the next append that needs
+    /// the segment.
+    fn prepare_now(&mut self) {
         if self.prepared.is_some() {
             return;
         }
