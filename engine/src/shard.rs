@@ -49,8 +49,6 @@ pub struct RecoveryReport {
     pub tail_cut: Option<TailCut>,
     /// Last LSN in the log after recovery.
     pub last_lsn: Lsn,
-    /// State checksum after recovery.
-    pub checksum: u64,
 }
 
 /// Why a shard cannot serve.
@@ -193,7 +191,6 @@ impl Shard {
             records_replayed: replayed,
             tail_cut: recovery.tail_cut,
             last_lsn: log.last_lsn(),
-            checksum: state.checksum(),
         };
         debug_assert_eq!(state.check_invariants(), Ok(()));
         let shard = Shard {

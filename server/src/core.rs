@@ -86,8 +86,6 @@ pub struct Core {
     pub config: Arc<ServerConfig>,
     /// Inboxes of every core (index = core), for forwarding.
     pub peers: Vec<flume::Sender<Forwarded>>,
-    /// Set when the node is asked to stop.
-    pub shutdown: Arc<AtomicBool>,
     slots: RefCell<BTreeMap<ShardId, Slot>>,
     ready: RefCell<VecDeque<ShardId>>,
     doorbell_tx: LocalSender<()>,
@@ -110,7 +108,6 @@ impl Core {
         map: Arc<ShardMap>,
         config: Arc<ServerConfig>,
         peers: Vec<flume::Sender<Forwarded>>,
-        shutdown: Arc<AtomicBool>,
     ) -> Self {
         let slots = shards
             .into_iter()
@@ -132,7 +129,6 @@ impl Core {
             map,
             config,
             peers,
-            shutdown,
             slots: RefCell::new(slots),
             ready: RefCell::new(VecDeque::new()),
             doorbell_tx,
@@ -360,7 +356,7 @@ impl Core {
     }
 
     /// Makes every shard durable, with the barriers in parallel (the
-    /// interval mode's timer; appends may continue meanwhile).
+    /// interval mode's timer, and shutdown; appends may continue meanwhile).
     pub async fn sync_dirty(&self) {
         let ids: Vec<ShardId> = self
             .slots
@@ -399,21 +395,8 @@ impl Core {
         }
     }
 
-    /// Makes every shard durable (interval mode's timer and shutdown).
-    pub fn sync_all(&self) {
-        let mut slots = self.slots.borrow_mut();
-        for (id, slot) in slots.iter_mut() {
-            if slot.shard.is_poisoned() || slot.shard.last_lsn() == slot.shard.durable_lsn() {
-                continue;
-            }
-            if let Err(e) = slot.shard.sync() {
-                tracing::error!(shard = *id, error = %e, "durability barrier failed; shard poisoned");
-            }
-        }
-    }
-
     /// Stops accepting work. The committer answers what is queued and then
-    /// returns; the caller awaits it and calls [`Core::sync_all`].
+    /// returns; the caller awaits it and calls [`Core::sync_dirty`].
     pub fn stop(&self) {
         self.stopping.set(true);
         let _ = self.doorbell_tx.try_send(());

@@ -225,7 +225,6 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         ctx.map,
         ctx.config.clone(),
         ctx.peers,
-        ctx.shutdown.clone(),
     ));
     let committer = glommio::spawn_local(core.clone().run_committer());
     glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();
@@ -259,7 +258,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
     );
     core.stop();
     committer.await;
-    core.sync_all();
+    core.sync_dirty().await;
     let poisoned = core.poisoned_shards();
     if !poisoned.is_empty() {
         return Err(format!(
