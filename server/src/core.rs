@@ -21,7 +21,7 @@ use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use reserva_engine::ids::ShardId;
 use reserva_engine::shard::Shard;
-use reserva_engine::sm::{Command, ShardState};
+use reserva_engine::sm::{Command, CommerceCommand, Order, ShardState};
 use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
 use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
 
@@ -465,9 +465,24 @@ fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
     match scope {
         Scope::Full => Ok(()),
         Scope::Seller(seller) => match op {
-            Op::Mutate(r) => seller_owns(state, &r.command, seller),
+            Op::Mutate(r) => match &r.command {
+                Command::Commerce(c) => match &**c {
+                    CommerceCommand::Order { order_id, .. } => {
+                        seller_sells(state.order(*order_id), seller)
+                    }
+                    CommerceCommand::Return { return_id, .. } => {
+                        seller_sells(state.order_of_return(*return_id), seller)
+                    }
+                    _ => Ok(()),
+                },
+                command => seller_owns(state, command, seller),
+            },
             Op::Query(Query::GetSku { .. } | Query::ShardStats { .. }) => Ok(()),
-            Op::Query(_) => deny("a seller may not read users' carts, orders or reservations"),
+            Op::Query(Query::GetOrder { id }) => seller_sells(state.order(*id), seller),
+            Op::Query(Query::GetReturn { id }) => {
+                seller_sells(state.order_of_return(*id), seller)
+            }
+            Op::Query(_) => deny("a seller may not read users' carts, checkouts or reservations"),
         },
         Scope::Customer(me) => {
             let reservation = match op {
@@ -485,14 +500,46 @@ fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
             {
                 return deny("the reservation belongs to another user");
             }
-            if let Op::Query(Query::GetOrder { id }) = op
-                && let Some(o) = state.order(*id)
-                && o.user_id != *me
-            {
+            let order = match op {
+                Op::Query(Query::GetOrder { id }) => state.order(*id),
+                Op::Query(Query::GetReturn { id }) => state.order_of_return(*id),
+                Op::Mutate(r) => match &r.command {
+                    Command::Commerce(c) => match &**c {
+                        CommerceCommand::Order { order_id, .. }
+                        | CommerceCommand::ReturnRequest { order_id, .. } => state.order(*order_id),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                Op::Query(_) => None,
+            };
+            if order.is_some_and(|o| o.user_id != *me) {
                 return deny("the order belongs to another user");
+            }
+            if let Op::Query(Query::GetCheckout { id }) = op
+                && state.checkout(*id).is_some_and(|c| c.user_id != *me)
+            {
+                return deny("the checkout belongs to another user");
             }
             Ok(())
         }
+    }
+}
+
+/// A seller may read and fulfil only orders that contain their SKUs.
+fn seller_sells(order: Option<&Order>, seller: &str) -> Result<(), WireError> {
+    match order {
+        Some(o)
+            if !o
+                .fulfilment
+                .as_ref()
+                .is_some_and(|f| f.sellers.iter().any(|s| s == seller)) =>
+        {
+            Err(WireError::Unauthorized {
+                reason: "the order contains no SKU of this seller".into(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -558,6 +605,19 @@ fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
             Ok(Reply::Orders { orders, next })
         }
         Query::GetCart { user_id } => Ok(Reply::Cart(state.cart(&user_id).to_vec())),
+        Query::GetCheckout { id } => state
+            .checkout(id)
+            .cloned()
+            .map(Reply::Checkout)
+            .ok_or_else(|| not_found("checkout", id.to_string())),
+        Query::GetCredit { user_id } => {
+            Ok(Reply::Credit(state.credit_account(&user_id).cloned()))
+        }
+        Query::GetReturn { id } => state
+            .order_of_return(id)
+            .cloned()
+            .map(Reply::Order)
+            .ok_or_else(|| not_found("return", id.to_string())),
         Query::ShardStats { shard } => {
             let (skus, reservations, orders, idem) = state.counts();
             Ok(Reply::ShardStats(ShardStats {
