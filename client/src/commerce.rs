@@ -160,7 +160,10 @@ impl Client {
             lines,
             reason: reason.into(),
         };
-        match self.commerce("ReturnRequest", idempotency_key, command).await? {
+        match self
+            .commerce("ReturnRequest", idempotency_key, command)
+            .await?
+        {
             CommerceOutcome::Order {
                 order,
                 return_id: Some(id),
@@ -210,7 +213,10 @@ impl Client {
             user_id: user_id.into(),
             amount,
         };
-        match self.commerce("CreditGrant", idempotency_key, command).await? {
+        match self
+            .commerce("CreditGrant", idempotency_key, command)
+            .await?
+        {
             CommerceOutcome::Credit { account } => Ok(account),
             other => Err(unexpected(
                 "CreditGrant",

@@ -37,10 +37,7 @@ const TOKEN_PREFIX: &str = "tok_sbx_";
 /// Tokenizes a card number for the sandbox provider: 12 to 19 digits (spaces
 /// and dashes ignored) with a valid Luhn check digit.
 pub fn tokenize_card(number: &str) -> Result<PaymentMethod, WireError> {
-    let digits: String = number
-        .chars()
-        .filter(|c| *c != ' ' && *c != '-')
-        .collect();
+    let digits: String = number.chars().filter(|c| *c != ' ' && *c != '-').collect();
     if !(12..=19).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(WireError::invalid(
             "card_number must be 12 to 19 digits".to_owned(),
@@ -109,26 +106,49 @@ mod tests {
     fn test_cards_tokenize_to_their_behaviour() {
         let cases = [
             ("4242424242424242", SandboxBehaviour::Approve, "US"),
-            ("4000000000000002", SandboxBehaviour::Decline("card_declined"), "US"),
-            ("4000000000009995", SandboxBehaviour::Decline("insufficient_funds"), "US"),
+            (
+                "4000000000000002",
+                SandboxBehaviour::Decline("card_declined"),
+                "US",
+            ),
+            (
+                "4000000000009995",
+                SandboxBehaviour::Decline("insufficient_funds"),
+                "US",
+            ),
             ("4000000000000119", SandboxBehaviour::ProviderError, "US"),
             ("4000 0007 6000 0002", SandboxBehaviour::Approve, "BR"),
             ("4000001240000000", SandboxBehaviour::Approve, "CA"),
         ];
         for (number, behaviour, want_country) in cases {
-            let Ok(PaymentMethod::Card { token, last4, country, .. }) = tokenize_card(number) else {
+            let Ok(PaymentMethod::Card {
+                token,
+                last4,
+                country,
+                ..
+            }) = tokenize_card(number)
+            else {
                 panic!("{number} did not tokenize");
             };
             assert_eq!(sandbox_behaviour(&token), Some(behaviour), "{number}");
             assert_eq!(country, want_country);
             assert_eq!(last4.len(), 4);
-            assert!(!token.contains(&number.replace(' ', "")), "token leaks the number");
+            assert!(
+                !token.contains(&number.replace(' ', "")),
+                "token leaks the number"
+            );
         }
     }
 
     #[test]
     fn bad_numbers_are_refused() {
-        for bad in ["", "4242", "4242424242424241", "42424242424242424242", "4242x24242424242"] {
+        for bad in [
+            "",
+            "4242",
+            "4242424242424241",
+            "42424242424242424242",
+            "4242x24242424242",
+        ] {
             assert!(tokenize_card(bad).is_err(), "{bad:?} accepted");
         }
     }

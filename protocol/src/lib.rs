@@ -34,14 +34,14 @@ pub mod engine {
     };
     pub use reserva_engine::limits::SHARD_COUNT;
     pub use reserva_engine::sm::{
-        Allocation, CartItem, Command, Currency, EngineError, Money, Order, OrderLine, OrderStatus,
-        Outcome, Request, Reservation, ReserveLine, Sku, StatusChange, WarehouseStock,
-    };
-    pub use reserva_engine::sm::{
         Address, CardUses, Checkout, CheckoutSource, CheckoutState, CommerceCommand,
         CommerceOutcome, CreditAccount, DeliveryEstimate, Effect, EffectKind, FraudDecision,
         FraudResult, FraudRules, Fulfilment, Hold, OrderAction, Payment, PaymentMethod,
         PaymentStatus, PricedLine, ReturnAction, ReturnRecord, ReturnStatus, Shipment,
         TrackingEvent,
+    };
+    pub use reserva_engine::sm::{
+        Allocation, CartItem, Command, Currency, EngineError, Money, Order, OrderLine, OrderStatus,
+        Outcome, Request, Reservation, ReserveLine, Sku, StatusChange, WarehouseStock,
     };
 }

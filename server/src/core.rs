@@ -12,21 +12,22 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use reserva_engine::ids::ShardId;
+use reserva_engine::ids::{CheckoutId, OrderId, ShardId};
 use reserva_engine::shard::Shard;
-use reserva_engine::sm::{Command, CommerceCommand, Order, ShardState};
+use reserva_engine::sm::{Command, CommerceCommand, CommerceOutcome, Order, Outcome, ShardState};
 use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
 use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
 
 use crate::config::{FsyncMode, ServerConfig};
 use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
+use crate::saga::{self, Sagas};
 
 /// A request waiting for its shard, with where to send the answer.
 #[derive(Debug)]
@@ -91,6 +92,9 @@ pub struct Core {
     doorbell_tx: LocalSender<()>,
     doorbell_rx: LocalReceiver<()>,
     stopping: Cell<bool>,
+    /// Checkout drivers and order effect runners of this core.
+    pub sagas: Sagas,
+    me: Weak<Core>,
 }
 
 /// Wall-clock time in Unix ms: the only clock reading of the server, stamped on each batch.
@@ -108,7 +112,7 @@ impl Core {
         map: Arc<ShardMap>,
         config: Arc<ServerConfig>,
         peers: Vec<flume::Sender<Forwarded>>,
-    ) -> Self {
+    ) -> Rc<Self> {
         let slots = shards
             .into_iter()
             .map(|s| {
@@ -124,7 +128,8 @@ impl Core {
             })
             .collect();
         let (doorbell_tx, doorbell_rx) = local_channel::new_bounded(1);
-        Core {
+        let sagas = Sagas::new(config.checkout.clone());
+        Rc::new_cyclic(|me| Core {
             id,
             map,
             config,
@@ -134,7 +139,28 @@ impl Core {
             doorbell_tx,
             doorbell_rx,
             stopping: Cell::new(false),
+            sagas,
+            me: me.clone(),
+        })
+    }
+
+    /// Checkouts that have not ended and orders with side effects not done,
+    /// on this core's shards.
+    pub fn unfinished_work(&self) -> (Vec<CheckoutId>, Vec<OrderId>) {
+        let slots = self.slots.borrow();
+        let mut checkouts = Vec::new();
+        let mut orders = Vec::new();
+        for slot in slots.values() {
+            let state = slot.shard.state();
+            checkouts.extend(
+                state
+                    .checkouts()
+                    .filter(|c| !c.state.is_terminal())
+                    .map(|c| c.id),
+            );
+            orders.extend(state.orders_with_pending_effects());
         }
+        (checkouts, orders)
     }
 
     /// Sends `pending` to the core owning `shard` (this one or another).
@@ -250,8 +276,29 @@ impl Core {
             }
         }
         drop(slots);
+        let me = self.me.upgrade();
         for (_, done) in answers {
             for (reply, r) in done {
+                // A checkout answers when its saga ends; an order action once
+                // its side effects are done.
+                if let (Some(me), Ok(Reply::Outcome(Outcome::Commerce(o)))) = (&me, &r) {
+                    match &**o {
+                        CommerceOutcome::CheckoutStarted { checkout_id } => {
+                            saga::attach_checkout(me, *checkout_id, reply);
+                            continue;
+                        }
+                        CommerceOutcome::Order { order, return_id }
+                            if order
+                                .fulfilment
+                                .as_ref()
+                                .is_some_and(|f| f.has_pending_effects()) =>
+                        {
+                            saga::attach_effects(me, order.id, *return_id, reply);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
                 if let Some(tx) = reply {
                     // The connection may be gone; its answer is then dropped.
                     let _ = tx.send(r);
@@ -275,6 +322,15 @@ impl Core {
             let batch: Vec<Pending> = slot.queue.drain(..take).collect();
             let mut done = Vec::with_capacity(batch.len());
             for Pending { op, scope, reply } in batch {
+                if is_checkout_begin(&op) && !self.sagas.admits_checkout() {
+                    done.push((
+                        reply,
+                        Err(WireError::Overloaded {
+                            retry_after_ms: RETRY_AFTER_MS,
+                        }),
+                    ));
+                    continue;
+                }
                 if matches!(&op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })) {
                     slot.tick_queued = false;
                 }
@@ -418,6 +474,10 @@ impl Core {
     }
 }
 
+fn is_checkout_begin(op: &Op) -> bool {
+    matches!(op, Op::Mutate(r) if matches!(&r.command, Command::Commerce(c) if matches!(**c, CommerceCommand::CheckoutBegin { .. })))
+}
+
 /// Where an answer goes, and the answer.
 type Answer = (Option<oneshot::Sender<OpResult>>, OpResult);
 
@@ -479,9 +539,7 @@ fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
             },
             Op::Query(Query::GetSku { .. } | Query::ShardStats { .. }) => Ok(()),
             Op::Query(Query::GetOrder { id }) => seller_sells(state.order(*id), seller),
-            Op::Query(Query::GetReturn { id }) => {
-                seller_sells(state.order_of_return(*id), seller)
-            }
+            Op::Query(Query::GetReturn { id }) => seller_sells(state.order_of_return(*id), seller),
             Op::Query(_) => deny("a seller may not read users' carts, checkouts or reservations"),
         },
         Scope::Customer(me) => {
@@ -610,9 +668,7 @@ fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
             .cloned()
             .map(Reply::Checkout)
             .ok_or_else(|| not_found("checkout", id.to_string())),
-        Query::GetCredit { user_id } => {
-            Ok(Reply::Credit(state.credit_account(&user_id).cloned()))
-        }
+        Query::GetCredit { user_id } => Ok(Reply::Credit(state.credit_account(&user_id).cloned())),
         Query::GetReturn { id } => state
             .order_of_return(id)
             .cloned()

@@ -113,7 +113,8 @@ impl ShardState {
             return Err(limit_reached("USERS_TRACKED_MAX", USERS_TRACKED_MAX as u64));
         }
         let seq = ShardState::mint(&mut self.next_checkout_seq)?;
-        let id = CheckoutId::new(self.shard, seq).ok_or_else(|| invalid("shard", "out of range"))?;
+        let id =
+            CheckoutId::new(self.shard, seq).ok_or_else(|| invalid("shard", "out of range"))?;
         // Commit: nothing below can fail.
         let user = self.user_mut(now, user_id);
         push_bounded(
@@ -192,7 +193,12 @@ impl ShardState {
         prices: &[PricedLine],
         lines: &[ReserveLine],
     ) -> Result<CommerceOutcome, EngineError> {
-        validate::count("holds", holds.len(), CHECKOUT_HOLDS_MAX, "CHECKOUT_HOLDS_MAX")?;
+        validate::count(
+            "holds",
+            holds.len(),
+            CHECKOUT_HOLDS_MAX,
+            "CHECKOUT_HOLDS_MAX",
+        )?;
         for (i, h) in holds.iter().enumerate() {
             if h.shard >= SHARD_COUNT || h.reservation_id.shard() != h.shard {
                 return Err(invalid(
@@ -241,7 +247,10 @@ impl ShardState {
             if held != u64::from(line.qty) {
                 return Err(invalid(
                     "holds",
-                    format!("hold {held} units of {:?}, the line wants {}", line.sku, line.qty),
+                    format!(
+                        "hold {held} units of {:?}, the line wants {}",
+                        line.sku, line.qty
+                    ),
                 ));
             }
         }
@@ -265,9 +274,15 @@ impl ShardState {
         card_uses: u32,
     ) -> Result<CommerceOutcome, EngineError> {
         check_rules(rules)?;
-        let user_id = self.checkout_in(id, &[CheckoutState::Reserved])?.user_id.clone();
+        let user_id = self
+            .checkout_in(id, &[CheckoutState::Reserved])?
+            .user_id
+            .clone();
         let user = self.users.get(&user_id).cloned().unwrap_or_default();
-        let c = self.checkouts.get_mut(&id).ok_or(EngineError::UnknownCheckout { checkout_id: id })?;
+        let c = self
+            .checkouts
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownCheckout { checkout_id: id })?;
         let result = crate::sm::fraud::score(rules, now, c, &user, card_uses);
         if result.decision == FraudDecision::Reject {
             c.failure = Some(EngineError::FraudRejected {
@@ -295,7 +310,10 @@ impl ShardState {
         match &c.payment.method {
             PaymentMethod::Card { .. } => {
                 if auth_ref.is_empty() {
-                    return Err(invalid("auth_ref", "a card authorization needs a reference"));
+                    return Err(invalid(
+                        "auth_ref",
+                        "a card authorization needs a reference",
+                    ));
                 }
             }
             PaymentMethod::StoreCredit | PaymentMethod::CashOnDelivery => {}
@@ -307,7 +325,10 @@ impl ShardState {
         } else {
             None
         };
-        let c = self.checkouts.get_mut(&id).ok_or(EngineError::UnknownCheckout { checkout_id: id })?;
+        let c = self
+            .checkouts
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownCheckout { checkout_id: id })?;
         match declined {
             Some(error) => {
                 c.payment.status = PaymentStatus::Declined;
@@ -325,7 +346,12 @@ impl ShardState {
     }
 
     /// Holds `amount` of the user's store credit for checkout `id`.
-    fn credit_hold(&mut self, user_id: &str, id: CheckoutId, amount: Money) -> Result<(), EngineError> {
+    fn credit_hold(
+        &mut self,
+        user_id: &str,
+        id: CheckoutId,
+        amount: Money,
+    ) -> Result<(), EngineError> {
         let declined = |available: u64| EngineError::PaymentDeclined {
             code: "insufficient_credit".into(),
             message: format!(
@@ -445,7 +471,10 @@ impl ShardState {
             .entry(c.user_id.clone())
             .or_default()
             .push(order_id);
-        let c = self.checkouts.get_mut(&id).ok_or(EngineError::UnknownCheckout { checkout_id: id })?;
+        let c = self
+            .checkouts
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownCheckout { checkout_id: id })?;
         c.order_id = Some(order_id);
         c.state = CheckoutState::OrderCreated;
         c.updated_at_ms = now;
@@ -463,14 +492,22 @@ impl ShardState {
         Ok(self.step(id))
     }
 
-    fn checkout_finish(&mut self, now: u64, id: CheckoutId) -> Result<CommerceOutcome, EngineError> {
+    fn checkout_finish(
+        &mut self,
+        now: u64,
+        id: CheckoutId,
+    ) -> Result<CommerceOutcome, EngineError> {
         let c = self.checkout_in(id, &[CheckoutState::StockConfirmed])?;
         let review = c
             .fraud
             .as_ref()
             .is_some_and(|f| f.decision == FraudDecision::Review);
-        let (user_id, order_id, method, source) =
-            (c.user_id.clone(), c.order_id, c.payment.method.clone(), c.source.clone());
+        let (user_id, order_id, method, source) = (
+            c.user_id.clone(),
+            c.order_id,
+            c.payment.method.clone(),
+            c.source.clone(),
+        );
         if review {
             c.state = CheckoutState::InReview;
         } else {
@@ -491,7 +528,16 @@ impl ShardState {
             OrderStatus::Confirmed
         };
         if let Some(order) = order_id.and_then(|o| self.orders.get_mut(&o)) {
-            push_status(order, status, now, if review { "held for fraud review" } else { "payment captured" });
+            push_status(
+                order,
+                status,
+                now,
+                if review {
+                    "held for fraud review"
+                } else {
+                    "payment captured"
+                },
+            );
             if let Some(f) = order.fulfilment.as_mut() {
                 f.payment = payment;
             }
@@ -543,10 +589,10 @@ impl ShardState {
         c.state = CheckoutState::Failed;
         c.updated_at_ms = now;
         let (user_id, order_id, payment) = (c.user_id.clone(), c.order_id, c.payment.clone());
-        let note = c
-            .failure
-            .as_ref()
-            .map_or_else(|| "checkout failed".to_owned(), |e| format!("checkout failed: {e}"));
+        let note = c.failure.as_ref().map_or_else(
+            || "checkout failed".to_owned(),
+            |e| format!("checkout failed: {e}"),
+        );
         self.credit_settle(&user_id, id, false);
         if let Some(order) = order_id.and_then(|o| self.orders.get_mut(&o))
             && order.status.can_become(OrderStatus::Cancelled)
@@ -617,7 +663,10 @@ impl ShardState {
             return Err(invalid("amount.amount_minor", "must be positive"));
         }
         if !self.credit.contains_key(user_id) && self.credit.len() >= CREDIT_ACCOUNTS_MAX {
-            return Err(limit_reached("CREDIT_ACCOUNTS_MAX", CREDIT_ACCOUNTS_MAX as u64));
+            return Err(limit_reached(
+                "CREDIT_ACCOUNTS_MAX",
+                CREDIT_ACCOUNTS_MAX as u64,
+            ));
         }
         if let Some(a) = self.credit.get(user_id) {
             if a.currency != amount.currency {
@@ -629,7 +678,9 @@ impl ShardState {
             if a.balance_minor + amount.amount_minor > CREDIT_BALANCE_MINOR_MAX {
                 return Err(invalid(
                     "amount.amount_minor",
-                    format!("balance would exceed CREDIT_BALANCE_MINOR_MAX ({CREDIT_BALANCE_MINOR_MAX})"),
+                    format!(
+                        "balance would exceed CREDIT_BALANCE_MINOR_MAX ({CREDIT_BALANCE_MINOR_MAX})"
+                    ),
                 ));
             }
         }
@@ -665,7 +716,8 @@ impl ShardState {
                 held_minor: 0,
                 holds: Vec::new(),
             });
-        account.balance_minor = (account.balance_minor + amount.amount_minor).min(CREDIT_BALANCE_MINOR_MAX);
+        account.balance_minor =
+            (account.balance_minor + amount.amount_minor).min(CREDIT_BALANCE_MINOR_MAX);
     }
 
     /// Ends the store-credit hold of a checkout whose order was approved or
@@ -777,7 +829,12 @@ fn check_address(a: &Address) -> Result<(), EngineError> {
         if required && value.trim().is_empty() {
             return Err(invalid(field, "must not be empty"));
         }
-        validate::text(field, value, ADDRESS_FIELD_BYTES_MAX, "ADDRESS_FIELD_BYTES_MAX")?;
+        validate::text(
+            field,
+            value,
+            ADDRESS_FIELD_BYTES_MAX,
+            "ADDRESS_FIELD_BYTES_MAX",
+        )?;
         if value.chars().any(char::is_control) {
             return Err(invalid(field, "must not contain control characters"));
         }

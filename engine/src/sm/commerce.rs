@@ -85,15 +85,7 @@ impl PaymentMethod {
 
 /// Where the money of an order stands.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub enum PaymentStatus {
@@ -198,15 +190,7 @@ impl Default for FraudRules {
 
 /// What the fraud rules decided.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub enum FraudDecision {
@@ -408,15 +392,7 @@ pub struct Shipment {
 
 /// Where a return stands.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub enum ReturnStatus {
@@ -626,15 +602,7 @@ pub enum OrderAction {
 
 /// An action on a return.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub enum ReturnAction {
@@ -816,7 +784,12 @@ pub enum CommerceOutcome {
         /// The account.
         account: CreditAccount,
     },
-    /// `Order`, `ReturnRequest`, `Return`, `EffectDone`: the order afterwards.
+    /// `EffectDone`: effects of the order still to do.
+    EffectMarked {
+        /// Effects not done yet.
+        pending: u32,
+    },
+    /// `Order`, `ReturnRequest`, `Return`: the order afterwards.
     Order {
         /// The order.
         order: Order,

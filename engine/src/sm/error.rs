@@ -197,16 +197,26 @@ impl fmt::Display for EngineError {
             LimitReached { limit, max } => write!(f, "limit {limit} ({max}) reached"),
             UnknownCheckout { checkout_id } => write!(f, "unknown checkout {checkout_id}"),
             CheckoutState { checkout_id, state } => {
-                write!(f, "checkout {checkout_id} is {state}; the step does not apply")
+                write!(
+                    f,
+                    "checkout {checkout_id} is {state}; the step does not apply"
+                )
             }
             PaymentDeclined { code, message } => write!(f, "payment declined ({code}): {message}"),
             PaymentFailed { message } => write!(f, "payment provider failed: {message}"),
             FraudRejected { score, reasons } => {
-                write!(f, "rejected by fraud rules (score {score}): {}", reasons.join("; "))
+                write!(
+                    f,
+                    "rejected by fraud rules (score {score}): {}",
+                    reasons.join("; ")
+                )
             }
             UnknownReturn { return_id } => write!(f, "unknown return {return_id}"),
             ReturnState { return_id, state } => {
-                write!(f, "return {return_id} is {state}; the action does not apply")
+                write!(
+                    f,
+                    "return {return_id} is {state}; the action does not apply"
+                )
             }
         }
     }

@@ -28,7 +28,10 @@ impl ShardState {
         action: &OrderAction,
     ) -> Result<CommerceOutcome, EngineError> {
         match action {
-            OrderAction::Cancel { reason } | OrderAction::Track { description: reason } => {
+            OrderAction::Cancel { reason }
+            | OrderAction::Track {
+                description: reason,
+            } => {
                 validate::text("reason", reason, TEXT_BYTES_MAX, "TEXT_BYTES_MAX")?;
             }
             OrderAction::Ship {
@@ -85,7 +88,9 @@ impl ShardState {
                 return Err(limit_reached("ORDER_EFFECTS_MAX", ORDER_EFFECTS_MAX as u64));
             }
             if let OrderAction::Track { .. } = action
-                && f.shipments.iter().any(|s| s.events.len() >= TRACKING_EVENTS_MAX)
+                && f.shipments
+                    .iter()
+                    .any(|s| s.events.len() >= TRACKING_EVENTS_MAX)
             {
                 return Err(limit_reached(
                     "TRACKING_EVENTS_MAX",
@@ -111,9 +116,12 @@ impl ShardState {
                         (PaymentMethod::Card { .. }, PaymentStatus::Captured) => {
                             let refund = f.payment.captured_minor - f.payment.refunded_minor;
                             f.payment.refunded_minor += refund;
-                            queue(f, EffectKind::CardRefund {
-                                amount_minor: refund,
-                            });
+                            queue(
+                                f,
+                                EffectKind::CardRefund {
+                                    amount_minor: refund,
+                                },
+                            );
                         }
                         (PaymentMethod::Card { .. }, PaymentStatus::Authorized) => {
                             f.payment.status = PaymentStatus::Voided;
@@ -153,7 +161,12 @@ impl ShardState {
                         }
                     }
                 }
-                push_status(order, OrderStatus::Cancelled, now, "rejected after fraud review");
+                push_status(
+                    order,
+                    OrderStatus::Cancelled,
+                    now,
+                    "rejected after fraud review",
+                );
             }
             OrderAction::ApproveReview => {
                 if let Some(f) = order.fulfilment.as_deref_mut()
@@ -163,9 +176,12 @@ impl ShardState {
                         PaymentMethod::Card { .. } => {
                             f.payment.status = PaymentStatus::Captured;
                             f.payment.captured_minor = f.payment.amount.amount_minor;
-                            queue(f, EffectKind::CardCapture {
-                                amount_minor: f.payment.amount.amount_minor,
-                            });
+                            queue(
+                                f,
+                                EffectKind::CardCapture {
+                                    amount_minor: f.payment.amount.amount_minor,
+                                },
+                            );
                         }
                         PaymentMethod::StoreCredit => {
                             f.payment.status = PaymentStatus::Captured;
@@ -175,7 +191,12 @@ impl ShardState {
                         PaymentMethod::CashOnDelivery => {}
                     }
                 }
-                push_status(order, OrderStatus::Confirmed, now, "approved after fraud review");
+                push_status(
+                    order,
+                    OrderStatus::Confirmed,
+                    now,
+                    "approved after fraud review",
+                );
             }
             OrderAction::Pack => push_status(order, OrderStatus::Packed, now, ""),
             OrderAction::Ship {
@@ -217,6 +238,7 @@ impl ShardState {
             }
         }
         let order = order.clone();
+        self.index_effects(&order);
         if let Some(amount) = credit_refund {
             self.credit_refund(&user_id, amount);
         }
@@ -242,7 +264,10 @@ impl ShardState {
         let order = self.order_for_change(id)?;
         if !matches!(
             order.status,
-            OrderStatus::Delivered | OrderStatus::ReturnRequested | OrderStatus::Returned | OrderStatus::Refunded
+            OrderStatus::Delivered
+                | OrderStatus::ReturnRequested
+                | OrderStatus::Returned
+                | OrderStatus::Refunded
         ) {
             return Err(EngineError::IllegalTransition {
                 order_id: id,
@@ -251,10 +276,16 @@ impl ShardState {
             });
         }
         let Some(f) = order.fulfilment.as_deref() else {
-            return Err(invalid("order_id", "only orders placed by checkout can be returned"));
+            return Err(invalid(
+                "order_id",
+                "only orders placed by checkout can be returned",
+            ));
         };
         if f.returns.len() >= RETURNS_PER_ORDER_MAX {
-            return Err(limit_reached("RETURNS_PER_ORDER_MAX", RETURNS_PER_ORDER_MAX as u64));
+            return Err(limit_reached(
+                "RETURNS_PER_ORDER_MAX",
+                RETURNS_PER_ORDER_MAX as u64,
+            ));
         }
         for (i, line) in lines.iter().enumerate() {
             let ordered: u64 = order
@@ -282,7 +313,8 @@ impl ShardState {
             }
         }
         let seq = ShardState::mint(&mut self.next_return_seq)?;
-        let return_id = ReturnId::new(shard, seq).ok_or_else(|| limit_reached("SEQUENCE_MAX", SEQUENCE_MAX))?;
+        let return_id =
+            ReturnId::new(shard, seq).ok_or_else(|| limit_reached("SEQUENCE_MAX", SEQUENCE_MAX))?;
         let order = self
             .orders
             .get_mut(&id)
@@ -323,7 +355,11 @@ impl ShardState {
         let order = self.order_for_change(order_id)?;
         let unknown = EngineError::UnknownReturn { return_id };
         let f = order.fulfilment.as_deref().ok_or(unknown.clone())?;
-        let r = f.returns.iter().find(|r| r.id == return_id).ok_or(unknown)?;
+        let r = f
+            .returns
+            .iter()
+            .find(|r| r.id == return_id)
+            .ok_or(unknown)?;
         let (from, to) = match action {
             ReturnAction::Approve => (ReturnStatus::Requested, ReturnStatus::Approved),
             ReturnAction::Reject => (ReturnStatus::Requested, ReturnStatus::Rejected),
@@ -357,9 +393,10 @@ impl ShardState {
         match action {
             ReturnAction::Approve => {}
             ReturnAction::Reject => {
-                let active = f.returns.iter().any(|r| {
-                    matches!(r.status, ReturnStatus::Requested | ReturnStatus::Approved)
-                });
+                let active = f
+                    .returns
+                    .iter()
+                    .any(|r| matches!(r.status, ReturnStatus::Requested | ReturnStatus::Approved));
                 if !active && order.status == OrderStatus::ReturnRequested {
                     order_status = Some((OrderStatus::Delivered, "return rejected"));
                 }
@@ -374,11 +411,14 @@ impl ShardState {
                         }
                         let qty = left.min(ol.qty);
                         left -= qty;
-                        queue(f, EffectKind::Restock {
-                            sku: ol.sku.clone(),
-                            warehouse: ol.warehouse.clone(),
-                            qty,
-                        });
+                        queue(
+                            f,
+                            EffectKind::Restock {
+                                sku: ol.sku.clone(),
+                                warehouse: ol.warehouse.clone(),
+                                qty,
+                            },
+                        );
                     }
                 }
                 if order.status == OrderStatus::ReturnRequested {
@@ -402,9 +442,12 @@ impl ShardState {
                     r.refund_minor = amount;
                 }
                 match f.payment.method {
-                    PaymentMethod::Card { .. } => queue(f, EffectKind::CardRefund {
-                        amount_minor: amount,
-                    }),
+                    PaymentMethod::Card { .. } => queue(
+                        f,
+                        EffectKind::CardRefund {
+                            amount_minor: amount,
+                        },
+                    ),
                     PaymentMethod::StoreCredit => {
                         credit_refund = Some(Money {
                             amount_minor: amount,
@@ -423,6 +466,7 @@ impl ShardState {
             push_status(order, status, now, note);
         }
         let order = order.clone();
+        self.index_effects(&order);
         if let Some(amount) = credit_refund {
             self.credit_refund(&user_id, amount);
         }
@@ -432,7 +476,11 @@ impl ShardState {
         })
     }
 
-    pub(crate) fn effect_done(&mut self, id: OrderId, seq: u32) -> Result<CommerceOutcome, EngineError> {
+    pub(crate) fn effect_done(
+        &mut self,
+        id: OrderId,
+        seq: u32,
+    ) -> Result<CommerceOutcome, EngineError> {
         let order = self.order_for_change(id)?;
         let effect = order
             .fulfilment
@@ -440,10 +488,26 @@ impl ShardState {
             .and_then(|f| f.effects.iter_mut().find(|e| e.seq == seq))
             .ok_or_else(|| invalid("seq", format!("order {id} has no effect {seq}")))?;
         effect.done = true;
-        Ok(CommerceOutcome::Order {
-            order: order.clone(),
-            return_id: None,
-        })
+        let pending = order
+            .fulfilment
+            .as_deref()
+            .map_or(0, |f| f.effects.iter().filter(|e| !e.done).count() as u32);
+        if pending == 0 {
+            self.pending_effects.remove(&id);
+        }
+        Ok(CommerceOutcome::EffectMarked { pending })
+    }
+}
+
+impl ShardState {
+    fn index_effects(&mut self, order: &Order) {
+        if order
+            .fulfilment
+            .as_deref()
+            .is_some_and(Fulfilment::has_pending_effects)
+        {
+            self.pending_effects.insert(order.id);
+        }
     }
 }
 
@@ -461,11 +525,14 @@ fn queue_restock_all(order: &mut Order) {
     let lines = order.lines.clone();
     if let Some(f) = order.fulfilment.as_deref_mut() {
         for l in lines {
-            queue(f, EffectKind::Restock {
-                sku: l.sku,
-                warehouse: l.warehouse,
-                qty: l.qty,
-            });
+            queue(
+                f,
+                EffectKind::Restock {
+                    sku: l.sku,
+                    warehouse: l.warehouse,
+                    qty: l.qty,
+                },
+            );
         }
     }
 }

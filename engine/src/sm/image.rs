@@ -8,9 +8,11 @@ use std::hash::{Hash, Hasher};
 
 use crate::ids::{OrderId, ReservationId, ShardId};
 use crate::limits::{CHECKOUT_RETENTION_MS, SHARD_COUNT};
-use crate::sm::state::{Fnv64, IdempotencyRecord, Map, ShardState};
 use crate::sm::commerce::{CardUses, Checkout, CreditAccount, UserRecord};
-use crate::sm::types::{CartItem, Money, Order, OrderLine, OrderStatus, Reservation, Sku, StatusChange};
+use crate::sm::state::{Fnv64, IdempotencyRecord, Map, ShardState};
+use crate::sm::types::{
+    CartItem, Money, Order, OrderLine, OrderStatus, Reservation, Sku, StatusChange,
+};
 use crate::sm::validate;
 
 /// Version of [`StateImage`]'s layout, stored in every snapshot.
@@ -271,6 +273,9 @@ impl ShardState {
                 for r in &f.returns {
                     state.returns.insert(r.id, o.id);
                 }
+                if f.has_pending_effects() {
+                    state.pending_effects.insert(o.id);
+                }
             }
             state
                 .orders_by_user
@@ -410,7 +415,10 @@ impl ShardState {
         let mut finished = 0;
         for c in self.checkouts.values() {
             if c.id.shard() != self.shard || c.id.sequence() >= self.next_checkout_seq {
-                return Err(format!("checkout {} was not minted by shard {}", c.id, self.shard));
+                return Err(format!(
+                    "checkout {} was not minted by shard {}",
+                    c.id, self.shard
+                ));
             }
             if c.state.is_terminal() {
                 finished += 1;
@@ -430,6 +438,21 @@ impl ShardState {
             .sum();
         if returns != self.returns.len() {
             return Err(format!("{returns} returns, {} indexed", self.returns.len()));
+        }
+        let pending = self
+            .orders
+            .values()
+            .filter(|o| {
+                o.fulfilment
+                    .as_deref()
+                    .is_some_and(|f| f.has_pending_effects())
+            })
+            .count();
+        if pending != self.pending_effects.len() {
+            return Err(format!(
+                "{pending} orders with pending effects, {} indexed",
+                self.pending_effects.len()
+            ));
         }
         Ok(())
     }

@@ -79,6 +79,8 @@ pub struct ShardState {
     pub(crate) card_expiries: BTreeSet<(u64, u64)>,
     /// Which order each return belongs to (derived from the orders).
     pub(crate) returns: Map<ReturnId, OrderId>,
+    /// Orders with side effects not done yet (derived from the orders).
+    pub(crate) pending_effects: BTreeSet<OrderId>,
 }
 
 impl ShardState {
@@ -110,6 +112,7 @@ impl ShardState {
             cards: Map::default(),
             card_expiries: BTreeSet::new(),
             returns: Map::default(),
+            pending_effects: BTreeSet::new(),
         }
     }
 
@@ -296,6 +299,10 @@ impl ShardState {
     /// Every store-credit account, in no particular order.
     pub fn credit_accounts(&self) -> impl Iterator<Item = &CreditAccount> {
         self.credit.values()
+    }
+    /// Orders with side effects (restocks, payment calls) not done yet.
+    pub fn orders_with_pending_effects(&self) -> impl Iterator<Item = OrderId> + '_ {
+        self.pending_effects.iter().copied()
     }
     /// The order a return belongs to.
     pub fn order_of_return(&self, id: ReturnId) -> Option<&crate::sm::types::Order> {
