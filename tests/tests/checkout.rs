@@ -198,3 +198,445 @@ async fn card_paths_end_as_an_order_or_fully_compensated() {
     assert!(matches!(e, EngineError::InvalidInput { .. }), "{e:?}");
     assert_eq!(levels(&c, &a).await, (8, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_credit_and_cash_on_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server).await;
+    let a = sku_on(10, 0);
+    stock(&c, &a, 1_500, &[("w1", 10)]).await;
+
+    // Store credit: held, then captured once; never below zero.
+    let account = c.grant_credit("carol", eur(4_000), None).await.unwrap();
+    assert_eq!(account.balance_minor, 4_000);
+    let bad = c.grant_credit("carol", eur(0), None).await;
+    assert!(matches!(
+        bad,
+        Err(ClientError::Server(WireError::Engine(
+            EngineError::InvalidInput { .. }
+        )))
+    ));
+    let ok = c
+        .checkout(
+            request("carol", lines(&[(&a, 2)]), PaymentInput::StoreCredit),
+            None,
+        )
+        .await
+        .expect("credit checkout");
+    assert_eq!(payment(&ok.order).status, PaymentStatus::Captured);
+    let account = c.get_credit("carol").await.unwrap().unwrap();
+    assert_eq!((account.balance_minor, account.held_minor), (1_000, 0));
+    let e = engine_error(
+        c.checkout(
+            request("carol", lines(&[(&a, 1)]), PaymentInput::StoreCredit),
+            None,
+        )
+        .await,
+    );
+    assert!(
+        matches!(&e, EngineError::PaymentDeclined { code, .. } if code == "insufficient_credit"),
+        "{e:?}"
+    );
+    let account = c.get_credit("carol").await.unwrap().unwrap();
+    assert_eq!((account.balance_minor, account.held_minor), (1_000, 0));
+    assert_eq!(levels(&c, &a).await, (8, 0));
+
+    // Cash on delivery: authorized at checkout, captured on delivery.
+    let cod = c
+        .checkout(
+            request("dave", lines(&[(&a, 1)]), PaymentInput::CashOnDelivery),
+            None,
+        )
+        .await
+        .expect("cod checkout");
+    assert_eq!(cod.order.status, OrderStatus::Confirmed);
+    assert_eq!(payment(&cod.order).status, PaymentStatus::Authorized);
+    let id = cod.order.id;
+    // Shipping before packing is an illegal transition.
+    let early = c
+        .order_action(
+            id,
+            OrderAction::Ship {
+                carrier: "DHL".into(),
+                tracking_number: "JD0001".into(),
+            },
+            None,
+        )
+        .await;
+    assert!(matches!(
+        early,
+        Err(ClientError::Server(WireError::Engine(
+            EngineError::IllegalTransition { .. }
+        )))
+    ));
+    c.order_action(id, OrderAction::Pack, None).await.unwrap();
+    c.order_action(
+        id,
+        OrderAction::Ship {
+            carrier: "DHL".into(),
+            tracking_number: "JD0001".into(),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let o = c
+        .order_action(
+            id,
+            OrderAction::Track {
+                description: "arrived at hub".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let shipment = &o.fulfilment.as_ref().unwrap().shipments[0];
+    assert_eq!(shipment.tracking_number, "JD0001");
+    assert_eq!(shipment.events.len(), 1);
+    let o = c
+        .order_action(id, OrderAction::Deliver, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, OrderStatus::Delivered);
+    assert_eq!(payment(&o).status, PaymentStatus::Captured);
+    let statuses: Vec<OrderStatus> = o.history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            OrderStatus::Placed,
+            OrderStatus::Confirmed,
+            OrderStatus::Packed,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered
+        ]
+    );
+    let cancel = c
+        .order_action(
+            id,
+            OrderAction::Cancel {
+                reason: "late".into(),
+            },
+            None,
+        )
+        .await;
+    assert!(matches!(
+        cancel,
+        Err(ClientError::Server(WireError::Engine(
+            EngineError::IllegalTransition { .. }
+        )))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_return_and_refund_restock_and_pay_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server).await;
+    let (a, b) = (sku_on(20, 0), sku_on(21, 0));
+    stock(&c, &a, 700, &[("w1", 10)]).await;
+    stock(&c, &b, 300, &[("w2", 10)]).await;
+
+    // Cancel before shipping: restocked, card refunded.
+    let o = c
+        .checkout(
+            request("erin", lines(&[(&a, 2), (&b, 1)]), card("4242424242424242")),
+            None,
+        )
+        .await
+        .unwrap()
+        .order;
+    assert_eq!(levels(&c, &a).await, (8, 0));
+    let o = c
+        .order_action(
+            o.id,
+            OrderAction::Cancel {
+                reason: "changed my mind".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.status, OrderStatus::Cancelled);
+    let f = o.fulfilment.as_ref().unwrap();
+    assert_eq!(f.payment.refunded_minor, 1_700);
+    assert!(f.effects.iter().all(|e| e.done), "{:?}", f.effects);
+    assert_eq!(levels(&c, &a).await, (10, 0));
+    assert_eq!(levels(&c, &b).await, (10, 0));
+
+    // Deliver, return one unit of a: approve, receive (restock), refund.
+    let o = c
+        .checkout(
+            request("erin", lines(&[(&a, 3)]), card("4242424242424242")),
+            None,
+        )
+        .await
+        .unwrap()
+        .order;
+    for action in [
+        OrderAction::Pack,
+        OrderAction::Ship {
+            carrier: "UPS".into(),
+            tracking_number: "1Z999".into(),
+        },
+        OrderAction::Deliver,
+    ] {
+        c.order_action(o.id, action, None).await.unwrap();
+    }
+    let too_many = c
+        .request_return(
+            o.id,
+            vec![ReserveLine {
+                sku: a.clone(),
+                qty: 4,
+            }],
+            "too many",
+            None,
+        )
+        .await;
+    assert!(matches!(
+        too_many,
+        Err(ClientError::Server(WireError::Engine(
+            EngineError::InvalidInput { .. }
+        )))
+    ));
+    let (ret, o2) = c
+        .request_return(
+            o.id,
+            vec![ReserveLine {
+                sku: a.clone(),
+                qty: 1,
+            }],
+            "does not fit",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o2.status, OrderStatus::ReturnRequested);
+    // Refund before receiving is refused.
+    let early = c.return_action(ret, ReturnAction::Refund, None).await;
+    assert!(matches!(
+        early,
+        Err(ClientError::Server(WireError::Engine(
+            EngineError::ReturnState { .. }
+        )))
+    ));
+    c.return_action(ret, ReturnAction::Approve, None)
+        .await
+        .unwrap();
+    assert_eq!(levels(&c, &a).await, (7, 0));
+    let o3 = c
+        .return_action(ret, ReturnAction::Receive, None)
+        .await
+        .unwrap();
+    assert_eq!(o3.status, OrderStatus::Returned);
+    assert_eq!(levels(&c, &a).await, (8, 0));
+    let o4 = c
+        .return_action(ret, ReturnAction::Refund, None)
+        .await
+        .unwrap();
+    assert_eq!(o4.status, OrderStatus::Refunded);
+    let f = o4.fulfilment.as_ref().unwrap();
+    assert_eq!(f.payment.refunded_minor, 700);
+    assert_eq!(f.returns[0].refund_minor, 700);
+    assert_eq!(
+        c.get_return_order(ret).await.unwrap().map(|o| o.id),
+        Some(o.id)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_rules_hold_for_review_or_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("checkout.toml");
+    std::fs::write(
+        &config,
+        "[fraud]\ncountry_mismatch_points = 60\nuser_velocity_max = 2\nuser_velocity_points = 90\nreview_at = 50\nreject_at = 80\n\
+         [[warehouses]]\nid = \"ber\"\nlat = 52.52\nlon = 13.40\n[[warehouses]]\nid = \"mad\"\nlat = 40.42\nlon = -3.70\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--checkout-config", config.to_str().unwrap()]);
+    let c = client(&server).await;
+    let a = sku_on(30, 0);
+    stock(&c, &a, 2_000, &[("mad", 10), ("ber", 10)]).await;
+
+    // A Brazilian card shipping to Germany scores 60: review. The nearest
+    // warehouse (Berlin) ships it.
+    let mut req = request("frank", lines(&[(&a, 1)]), card("4000000760000002"));
+    req.ship_to = address("DE");
+    let r = c.checkout(req.clone(), None).await.unwrap();
+    assert_eq!(r.checkout.state, CheckoutState::InReview);
+    assert_eq!(r.order.status, OrderStatus::Review);
+    assert_eq!(r.order.lines[0].warehouse, "ber");
+    let fraud = r.order.fulfilment.as_ref().unwrap().fraud.clone().unwrap();
+    assert_eq!(fraud.score, 60);
+    assert!(
+        fraud.reasons[0].starts_with("country_mismatch"),
+        "{:?}",
+        fraud.reasons
+    );
+    assert_eq!(payment(&r.order).status, PaymentStatus::Authorized);
+    let o = c
+        .order_action(r.order.id, OrderAction::ApproveReview, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, OrderStatus::Confirmed);
+    assert_eq!(payment(&o).status, PaymentStatus::Captured);
+    assert_eq!(levels(&c, &a).await, (19, 0));
+
+    // Rejected after review: restocked and voided.
+    let r = c.checkout(req, None).await.unwrap();
+    let o = c
+        .order_action(r.order.id, OrderAction::RejectReview, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, OrderStatus::Cancelled);
+    assert_eq!(payment(&o).status, PaymentStatus::Voided);
+    assert_eq!(levels(&c, &a).await, (19, 0));
+
+    // A third checkout within the hour trips the user velocity rule: rejected.
+    let e = engine_error(
+        c.checkout(
+            request("frank", lines(&[(&a, 1)]), card("4242424242424242")),
+            None,
+        )
+        .await,
+    );
+    assert!(
+        matches!(&e, EngineError::FraudRejected { score, reasons } if *score >= 80 && reasons.iter().any(|r| r.starts_with("user_velocity"))),
+        "{e:?}"
+    );
+    assert_eq!(levels(&c, &a).await, (19, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server).await;
+    let (a, b) = (sku_on(40, 0), sku_on(41, 0));
+    stock(&c, &a, 100, &[("w1", 50)]).await;
+    stock(&c, &b, 100, &[("w1", 50)]).await;
+
+    let empty = c
+        .checkout(
+            request("gina", CheckoutSource::Cart, card("4242424242424242")),
+            None,
+        )
+        .await;
+    assert!(matches!(
+        empty,
+        Err(ClientError::Server(WireError::Engine(
+            EngineError::InvalidInput { .. }
+        )))
+    ));
+    c.cart_set("gina", &a, 2).await.unwrap();
+    c.cart_set("gina", &b, 3).await.unwrap();
+    let r = c
+        .checkout(
+            request("gina", CheckoutSource::Cart, card("4242424242424242")),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.order.lines.iter().map(|l| l.qty).sum::<u32>(), 5);
+    assert!(c.get_cart("gina").await.unwrap().is_empty());
+
+    // From a reservation the user holds: it becomes the order's stock.
+    let held = c
+        .reserve(
+            "gina",
+            vec![ReserveLine {
+                sku: a.clone(),
+                qty: 4,
+            }],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let r = c
+        .checkout(
+            request(
+                "gina",
+                CheckoutSource::Reservation(held.reservation_id),
+                card("4242424242424242"),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.order.lines[0].qty, 4);
+    assert_eq!(levels(&c, &a).await, (44, 0));
+    assert!(
+        c.get_reservation(held.reservation_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Someone else's reservation cannot be checked out.
+    let theirs = c
+        .reserve(
+            "hank",
+            vec![ReserveLine {
+                sku: a.clone(),
+                qty: 1,
+            }],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let e = engine_error(
+        c.checkout(
+            request(
+                "gina",
+                CheckoutSource::Reservation(theirs.reservation_id),
+                card("4242424242424242"),
+            ),
+            None,
+        )
+        .await,
+    );
+    assert!(matches!(e, EngineError::InvalidInput { .. }), "{e:?}");
+    c.release(theirs.reservation_id).await.unwrap();
+
+    // The same key, sequentially and concurrently: one order, one deduction.
+    let req = request("ivan", lines(&[(&b, 1)]), card("4242424242424242"));
+    let first = c
+        .checkout(req.clone(), Some("ivan-cart-1".into()))
+        .await
+        .unwrap();
+    let again = c
+        .checkout(req.clone(), Some("ivan-cart-1".into()))
+        .await
+        .unwrap();
+    assert_eq!(first.order.id, again.order.id);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, req) = (c.clone(), req.clone());
+        tasks.push(tokio::spawn(async move {
+            c.checkout(req, Some("ivan-cart-2".into())).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().expect("checkout").order.id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one order for one key: {ids:?}");
+    assert_eq!(levels(&c, &b).await, (50 - 3 - 2, 0));
+    let conflict = c
+        .checkout(
+            request("ivan", lines(&[(&b, 2)]), card("4242424242424242")),
+            Some("ivan-cart-1".into()),
+        )
+        .await;
+    assert!(matches!(
+        conflict,
+        Err(ClientError::Server(WireError::Engine(
+            EngineError::IdempotencyConflict { .. }
+        )))
+    ));
+}
