@@ -640,3 +640,280 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
         )))
     ));
 }
+
+/// Waits until `sku` has nothing reserved (every saga touching it ended).
+async fn settled(c: &Client, sku: &str) -> (u64, u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = levels(c, sku).await;
+        if l.1 == 0 || tokio::time::Instant::now() > deadline {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn quick_client_config() -> ClientConfig {
+    let mut cfg = ClientConfig::new("any");
+    cfg.request_timeout = Duration::from_secs(2);
+    cfg.retries = 0;
+    cfg
+}
+
+/// Crash (abort, like `kill -9`) at each step of a checkout; after a restart
+/// the saga resumes on its own and ends as exactly one of: a confirmed order
+/// with the payment captured and the stock deducted, or fully compensated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_resumes_to_one_of_two_ends() {
+    let cases = [
+        ("checkout.started", "4242424242424242", true),
+        ("checkout.reserved", "4242424242424242", true),
+        ("checkout.scored", "4242424242424242", true),
+        ("checkout.provider_authorized", "4242424242424242", true),
+        ("checkout.authorized", "4242424242424242", true),
+        ("checkout.order_created", "4242424242424242", true),
+        ("checkout.stock_confirmed", "4242424242424242", true),
+        ("checkout.provider_captured", "4242424242424242", true),
+        ("checkout.compensating", "4000000000000002", false),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (sku_on(50, 0), sku_on(51, 0));
+    for (i, (failpoint, number, completes)) in cases.into_iter().enumerate() {
+        let data = dir.path().join(format!("case-{i}"));
+        let mut server = Server::start_with_env(&data, &[], &[("RESERVA_FAILPOINT", failpoint)]);
+        let c = client(&server).await;
+        stock(&c, &a, 500, &[("w1", 10)]).await;
+        stock(&c, &b, 200, &[("w2", 10)]).await;
+        let req = request("kim", lines(&[(&a, 2), (&b, 1)]), card(number));
+        let key = format!("crash-{i}");
+        let crashing = Client::connect(&server.addr, quick_client_config())
+            .await
+            .unwrap();
+        let first = crashing.checkout(req.clone(), Some(key.clone())).await;
+        assert!(
+            first.is_err(),
+            "{failpoint}: answered {first:?} before the crash"
+        );
+        let status = server
+            .wait_for_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{failpoint}: the server did not stop at the failpoint"));
+        assert!(!status.success(), "{failpoint}: {status}");
+
+        server.clear_env();
+        server.restart();
+        let c = client(&server).await;
+        // The saga ends on its own, without the caller.
+        let (on_hand_a, reserved_a) = settled(&c, &a).await;
+        let (on_hand_b, reserved_b) = settled(&c, &b).await;
+        assert_eq!(
+            (reserved_a, reserved_b),
+            (0, 0),
+            "{failpoint}: stock still held"
+        );
+        // The caller's retry with the same key gets the one outcome.
+        let again = c.checkout(req.clone(), Some(key.clone())).await;
+        if completes {
+            let r = again.unwrap_or_else(|e| panic!("{failpoint}: {e:?}"));
+            assert_eq!(r.order.status, OrderStatus::Confirmed, "{failpoint}");
+            assert_eq!(
+                payment(&r.order).status,
+                PaymentStatus::Captured,
+                "{failpoint}"
+            );
+            assert_eq!(
+                (on_hand_a, on_hand_b),
+                (8, 9),
+                "{failpoint}: stock not deducted once"
+            );
+            let orders = c
+                .execute(reserva_protocol::Op::Query(
+                    reserva_protocol::Query::ListOrders {
+                        user_id: "kim".into(),
+                        after: None,
+                        limit: 10,
+                    },
+                ))
+                .await
+                .unwrap();
+            match orders {
+                reserva_protocol::Reply::Orders { orders, .. } => {
+                    assert_eq!(orders.len(), 1, "{failpoint}: {orders:?}")
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            let e = engine_error(again);
+            assert!(
+                matches!(e, EngineError::PaymentDeclined { .. }),
+                "{failpoint}: {e:?}"
+            );
+            assert_eq!((on_hand_a, on_hand_b), (10, 10), "{failpoint}: stock lost");
+        }
+        server.kill9();
+    }
+}
+
+/// Many users race for scarce stock on two shards while a third of the
+/// cards decline and some pay with store credit: at the end stock,
+/// reservations, orders and payment ledgers reconcile exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scarce_stock_race_reconciles_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server).await;
+    let (a, b) = (sku_on(60, 0), sku_on(61, 0));
+    stock(&c, &a, 1_000, &[("w1", 6), ("w2", 4)]).await;
+    stock(&c, &b, 500, &[("w1", 25)]).await;
+    let users = 40;
+    for i in (0..users).filter(|i| i % 5 == 1) {
+        c.grant_credit(format!("u{i}"), eur(1_500), None)
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..users {
+        let (c, a, b) = (c.clone(), a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            let pay = match i % 5 {
+                0 | 3 => card("4000000000000002"),
+                1 => PaymentInput::StoreCredit,
+                _ => card("4242424242424242"),
+            };
+            let r = c
+                .checkout(
+                    request(&format!("u{i}"), lines(&[(&a, 1), (&b, 1)]), pay),
+                    None,
+                )
+                .await;
+            (i, r)
+        }));
+    }
+    let mut placed = 0u64;
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        match r {
+            Ok(r) => {
+                placed += 1;
+                assert_eq!(r.order.status, OrderStatus::Confirmed);
+                assert_eq!(payment(&r.order).status, PaymentStatus::Captured);
+                assert_eq!(payment(&r.order).captured_minor, 1_500);
+                assert!(i % 5 != 0 && i % 5 != 3, "a declining card placed an order");
+            }
+            Err(ClientError::Server(WireError::Engine(
+                EngineError::InsufficientStock { .. } | EngineError::PaymentDeclined { .. },
+            ))) => {}
+            Err(e) => panic!("u{i}: unexpected {e:?}"),
+        }
+    }
+    assert!(placed <= 10 && placed > 0, "placed {placed}");
+    assert_eq!(levels(&c, &a).await, (10 - placed, 0));
+    assert_eq!(levels(&c, &b).await, (25 - placed, 0));
+    // Store credit: spent once per order, never negative, nothing left held.
+    let mut credit_spent = 0;
+    for i in (0..users).filter(|i| i % 5 == 1) {
+        let acc = c.get_credit(format!("u{i}")).await.unwrap().unwrap();
+        assert_eq!(acc.held_minor, 0);
+        assert!(acc.balance_minor == 0 || acc.balance_minor == 1_500);
+        credit_spent += 1_500 - acc.balance_minor;
+    }
+    let mut captured = 0;
+    for i in 0..users {
+        let page = c
+            .execute(reserva_protocol::Op::Query(
+                reserva_protocol::Query::ListOrders {
+                    user_id: format!("u{i}"),
+                    after: None,
+                    limit: 10,
+                },
+            ))
+            .await
+            .unwrap();
+        if let reserva_protocol::Reply::Orders { orders, .. } = page {
+            for o in orders.iter().filter(|o| o.status == OrderStatus::Confirmed) {
+                if i % 5 == 1 {
+                    captured += payment(o).captured_minor;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        credit_spent, captured,
+        "store credit ledger disagrees with orders"
+    );
+}
+
+/// `kill -9` while checkouts run: after restart every acknowledged order is
+/// there exactly once, every checkout ends, and stock reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_under_checkout_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let c = client(&server).await;
+    let (a, b) = (sku_on(70, 0), sku_on(170, 0));
+    stock(&c, &a, 100, &[("w1", 100_000)]).await;
+    stock(&c, &b, 100, &[("w1", 100_000)]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..12 {
+        let (addr, a, b, stop) = (server.addr.clone(), a.clone(), b.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(&addr, quick_client_config()).await.unwrap();
+            let mut log = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let number = if n % 4 == 0 {
+                    "4000000000000002"
+                } else {
+                    "4242424242424242"
+                };
+                let req = request(&format!("w{w}"), lines(&[(&a, 1), (&b, 2)]), card(number));
+                let key = format!("w{w}-{n}");
+                let r = c.checkout(req.clone(), Some(key.clone())).await;
+                let failed_transport = matches!(&r, Err(e) if e.is_retryable());
+                log.push((
+                    key,
+                    req,
+                    r.map(|r| r.order.id).map_err(|e| format!("{e:?}")),
+                ));
+                if failed_transport {
+                    break;
+                }
+            }
+            log
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    server.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut attempts = Vec::new();
+    for t in tasks {
+        attempts.extend(t.await.unwrap());
+    }
+    server.restart();
+    let c = client(&server).await;
+    let mut placed = 0u64;
+    let mut acknowledged = 0;
+    for (key, req, first) in attempts {
+        let again = c.checkout(req, Some(key.clone())).await;
+        match (&first, &again) {
+            (Ok(id), Ok(r)) => {
+                acknowledged += 1;
+                assert_eq!(*id, r.order.id, "{key}: acknowledged order changed");
+            }
+            (Ok(id), Err(e)) => panic!("{key}: acknowledged order {id} lost: {e:?}"),
+            (Err(_), _) => {}
+        }
+        if let Ok(r) = again {
+            assert_eq!(r.order.status, OrderStatus::Confirmed);
+            assert_eq!(payment(&r.order).status, PaymentStatus::Captured);
+            placed += 1;
+        }
+    }
+    assert!(
+        acknowledged > 0,
+        "no checkout was acknowledged before the kill"
+    );
+    assert_eq!(levels(&c, &a).await, (100_000 - placed, 0));
+    assert_eq!(levels(&c, &b).await, (100_000 - 2 * placed, 0));
+}
