@@ -121,7 +121,7 @@ impl Client {
     /// A checkout's record (running, or finished within the last 24 hours).
     pub async fn get_checkout(&self, id: CheckoutId) -> Result<Option<Checkout>, ClientError> {
         match self.execute(Op::Query(Query::GetCheckout { id })).await {
-            Ok(Reply::Checkout(c)) => Ok(Some(c)),
+            Ok(Reply::Checkout(c)) => Ok(Some(*c)),
             Ok(other) => Err(unexpected("GetCheckout", &other)),
             Err(ClientError::Server(WireError::NotFound { .. })) => Ok(None),
             Err(e) => Err(e),

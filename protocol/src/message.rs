@@ -245,7 +245,7 @@ pub enum Reply {
     /// `ShardStats`.
     ShardStats(ShardStats),
     /// `GetCheckout`.
-    Checkout(Checkout),
+    Checkout(Box<Checkout>),
     /// `GetCredit`.
     Credit(Option<CreditAccount>),
 }

@@ -665,8 +665,7 @@ fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
         Query::GetCart { user_id } => Ok(Reply::Cart(state.cart(&user_id).to_vec())),
         Query::GetCheckout { id } => state
             .checkout(id)
-            .cloned()
-            .map(Reply::Checkout)
+            .map(|c| Reply::Checkout(Box::new(c.clone())))
             .ok_or_else(|| not_found("checkout", id.to_string())),
         Query::GetCredit { user_id } => Ok(Reply::Credit(state.credit_account(&user_id).cloned())),
         Query::GetReturn { id } => state

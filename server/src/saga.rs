@@ -48,13 +48,15 @@ use crate::payments::{CardProvider, PaymentError, SandboxCards};
 pub const FAILPOINT_ENV: &str = "RESERVA_FAILPOINT";
 
 type Waiter = oneshot::Sender<OpResult>;
+/// A caller of an order action, and the return its answer names.
+type EffectWaiter = (Waiter, Option<ReturnId>);
 
 /// Running checkout drivers and effect runners of one core.
 pub struct Sagas {
     config: CheckoutConfig,
     cards: SandboxCards,
     checkouts: RefCell<HashMap<CheckoutId, Vec<Waiter>>>,
-    effects: RefCell<HashMap<OrderId, Vec<(Waiter, Option<ReturnId>)>>>,
+    effects: RefCell<HashMap<OrderId, Vec<EffectWaiter>>>,
     failpoint: Option<String>,
 }
 
@@ -271,7 +273,7 @@ async fn drive(core: &Rc<Core>, id: CheckoutId) -> OpResult {
     let mut wait = SAGA_BACKOFF_FIRST;
     loop {
         let c = match call_retrying(core, shard, &Op::Query(Query::GetCheckout { id })).await {
-            Ok(Reply::Checkout(c)) => c,
+            Ok(Reply::Checkout(c)) => *c,
             Ok(other) => {
                 return Err(WireError::invalid(format!(
                     "GetCheckout answered {other:?}"

@@ -619,6 +619,9 @@ pub enum ReturnAction {
 /// Commands of checkouts, payments and fulfilment (logged under kinds 14..).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
+// Carried boxed inside `Command::Commerce`, so the size of its largest
+// variant costs nothing elsewhere.
+#[allow(clippy::large_enum_variant)]
 pub enum CommerceCommand {
     /// Records a new checkout on the user's shard. From the cart, its items become the lines.
     CheckoutBegin {
@@ -762,6 +765,8 @@ impl CommerceCommand {
 /// What a successful commerce command answers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
+// Carried boxed inside `Outcome::Commerce`.
+#[allow(clippy::large_enum_variant)]
 pub enum CommerceOutcome {
     /// `CheckoutBegin`: the new checkout. The server runs the saga and answers
     /// the client when it ends.

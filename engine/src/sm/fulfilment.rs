@@ -149,16 +149,16 @@ impl ShardState {
             }
             OrderAction::RejectReview => {
                 queue_restock_all(order);
-                if let Some(f) = order.fulfilment.as_deref_mut() {
-                    if f.payment.status == PaymentStatus::Authorized {
-                        f.payment.status = PaymentStatus::Voided;
-                        match f.payment.method {
-                            PaymentMethod::Card { .. } => queue(f, EffectKind::CardVoid),
-                            PaymentMethod::StoreCredit => {
-                                credit_settle = Some((f.checkout_id, false));
-                            }
-                            PaymentMethod::CashOnDelivery => {}
+                if let Some(f) = order.fulfilment.as_deref_mut()
+                    && f.payment.status == PaymentStatus::Authorized
+                {
+                    f.payment.status = PaymentStatus::Voided;
+                    match f.payment.method {
+                        PaymentMethod::Card { .. } => queue(f, EffectKind::CardVoid),
+                        PaymentMethod::StoreCredit => {
+                            credit_settle = Some((f.checkout_id, false));
                         }
+                        PaymentMethod::CashOnDelivery => {}
                     }
                 }
                 push_status(
