@@ -59,4 +59,6 @@ pub struct ServerConfig {
     pub io_memory_bytes: usize,
     /// Pin executor i to CPU i (modulo the CPUs present).
     pub pin: bool,
+    /// Address of the admin API (gRPC) and `/metrics`; `None` = off.
+    pub admin: Option<SocketAddr>,
 }
