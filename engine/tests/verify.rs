@@ -32,7 +32,7 @@ fn busy_data_dir() -> tempfile::TempDir {
     for round in 0..6u64 {
         let batch: Vec<Request> = (0..200u64)
             .map(|i| {
-                let sku = key_on_shard("sku-", SHARD, i % 50);
+                let sku = key_on_shard("sku-", SHARD, (i % 50) as usize);
                 let command = if round == 0 && i < 50 {
                     Command::UpsertSku {
                         sku,
