@@ -97,12 +97,17 @@ impl ShardState {
                 if cart.is_empty() {
                     return Err(invalid("cart", "is empty"));
                 }
-                cart.iter()
+                let lines: Vec<ReserveLine> = cart
+                    .iter()
                     .map(|i| ReserveLine {
                         sku: i.sku.clone(),
                         qty: i.qty,
                     })
-                    .collect()
+                    .collect();
+                // A cart may hold more items (CART_ITEMS_MAX) than one order
+                // has lines; such a checkout could never be reserved.
+                check_lines("cart", &lines)?;
+                lines
             }
             CheckoutSource::Reservation(_) => Vec::new(),
         };
