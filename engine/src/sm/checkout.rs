@@ -259,6 +259,20 @@ impl ShardState {
                 ));
             }
         }
+        // ...and nothing else: the order's lines are made from the
+        // allocations and its total from the lines, so an allocation of a SKU
+        // no line wants (or of no units) would put a line in the order that
+        // its total does not pay for.
+        for (i, h) in holds.iter().enumerate() {
+            for a in &h.allocations {
+                if a.qty == 0 || !lines.iter().any(|l| l.sku == a.sku) {
+                    return Err(invalid(
+                        Item::field("holds", i, "allocations").to_string(),
+                        format!("hold {} units of {:?}, which no line wants", a.qty, a.sku),
+                    ));
+                }
+            }
+        }
         c.lines = lines.to_vec();
         c.holds = holds.to_vec();
         c.prices = prices.to_vec();
