@@ -68,6 +68,9 @@ impl ShardState {
         };
         let legal = match action {
             OrderAction::Track { .. } => from == OrderStatus::Shipped,
+            // `can_become` also allows return_requested -> delivered (a
+            // rejected return), which only `Return { Reject }` may do.
+            OrderAction::Deliver => from == OrderStatus::Shipped,
             OrderAction::ApproveReview | OrderAction::RejectReview => from == OrderStatus::Review,
             _ => from.can_become(to),
         };
