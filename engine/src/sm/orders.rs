@@ -64,6 +64,14 @@ impl ShardState {
             .orders
             .get_mut(&id)
             .ok_or(EngineError::UnknownOrder { order_id: id })?;
+        // An order placed by checkout moves only by order actions, which
+        // queue its restocks and payment calls and respect a running saga.
+        if order.fulfilment.is_some() {
+            return Err(invalid(
+                "order_id",
+                "the order was placed by checkout; change it with order actions",
+            ));
+        }
         let from = order.status;
         if !from.can_become(status) {
             return Err(EngineError::IllegalTransition {
