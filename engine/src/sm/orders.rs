@@ -2,6 +2,7 @@
 
 use crate::ids::{OrderId, ShardId};
 use crate::limits::*;
+use crate::sm::checkout::push_status;
 use crate::sm::command::Outcome;
 use crate::sm::error::{EngineError, invalid, limit_reached};
 use crate::sm::inventory::check_money;
@@ -80,12 +81,8 @@ impl ShardState {
                 to: status,
             });
         }
-        order.status = status;
-        order.history.push(StatusChange {
-            status,
-            at_ms: now,
-            note: note.to_owned(),
-        });
+        // Bounded: delivered <-> return_requested may repeat without end.
+        push_status(order, status, now, note);
         Ok(Outcome::OrderStatusChanged { from, to: status })
     }
 
