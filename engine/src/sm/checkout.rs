@@ -453,6 +453,7 @@ impl ShardState {
                 });
             }
         }
+        // ORDER_EFFECTS_MAX is asserted (limits.rs) to fit cancelling this many lines.
         if lines.len() > ORDER_LINES_MAX * 4 {
             return Err(limit_reached("ORDER_LINES_MAX", ORDER_LINES_MAX as u64));
         }
