@@ -1994,6 +1994,303 @@ fn card_uses_keep_only_the_most_recent() {
     }
 }
 
+// ---- regressions ----
+
+/// A card checkout of `skus` SKUs, each held in warehouses `w0, w1, ...`
+/// with `per_warehouse[i]` units in `wi`, driven to `Completed`.
+fn wide_checkout(shop: &mut Shop, skus: usize, per_warehouse: &[u32]) -> OrderId {
+    let sku = |i: usize| format!("wide-{i}");
+    let lines: Vec<ReserveLine> = (0..skus)
+        .map(|i| ReserveLine {
+            sku: sku(i),
+            qty: per_warehouse.iter().sum(),
+        })
+        .collect();
+    let id = match shop.ok(CommerceCommand::CheckoutBegin {
+        user_id: user(0),
+        source: CheckoutSource::Lines(lines.clone()),
+        payment: card(1, "DE"),
+        ship_to: address("DE"),
+    }) {
+        CommerceOutcome::CheckoutStarted { checkout_id } => checkout_id,
+        o => panic!("{o:?}"),
+    };
+    let holds = (0..skus)
+        .map(|i| Hold {
+            shard: 7,
+            reservation_id: ReservationId::new(7, i as u64 + 1).unwrap(),
+            allocations: per_warehouse
+                .iter()
+                .enumerate()
+                .map(|(w, qty)| Allocation {
+                    sku: sku(i),
+                    warehouse: format!("w{w}"),
+                    qty: *qty,
+                })
+                .collect(),
+            expires_at_ms: T0 + 900_000,
+        })
+        .collect();
+    let prices = (0..skus)
+        .map(|i| PricedLine {
+            sku: sku(i),
+            seller_id: "seller-1".into(),
+            unit_price: eur(100),
+        })
+        .collect();
+    shop.ok(CommerceCommand::CheckoutReserved {
+        checkout_id: id,
+        holds,
+        prices,
+        lines,
+    });
+    shop.drive(id, CheckoutState::Completed, &quiet());
+    let o = shop.order_of(id);
+    assert_eq!(shop.order(o).lines.len(), skus * per_warehouse.len());
+    o
+}
+
+#[test]
+fn an_order_with_the_most_lines_can_still_be_cancelled() {
+    let mut shop = Shop::new();
+    let o = wide_checkout(&mut shop, ORDER_LINES_MAX, &[1; 4]);
+    let order = shop.act_ok(
+        o,
+        OrderAction::Cancel {
+            reason: String::new(),
+        },
+    );
+    assert_eq!(fulfilment(&order).effects.len(), ORDER_LINES_MAX * 4 + 1);
+}
+
+#[test]
+fn a_return_spread_over_many_warehouses_can_still_be_refunded() {
+    let mut shop = Shop::new();
+    let o = wide_checkout(&mut shop, 1, &[1; 256]);
+    deliver(&mut shop, o);
+    let r = shop.request_return(o, &[("wide-0", 256)]).unwrap();
+    for a in [
+        ReturnAction::Approve,
+        ReturnAction::Receive,
+        ReturnAction::Refund,
+    ] {
+        shop.ret(r, a).unwrap();
+    }
+    let order = shop.order(o);
+    let f = fulfilment(&order);
+    assert_eq!(f.effects.len(), 257, "a restock per warehouse and a refund");
+    assert!(f.effects.len() <= ORDER_EFFECTS_MAX);
+    assert_eq!(f.payment.refunded_minor, 25_600);
+}
+
+fn deliver(shop: &mut Shop, o: OrderId) {
+    shop.act_ok(o, OrderAction::Pack);
+    shop.act_ok(
+        o,
+        OrderAction::Ship {
+            carrier: "dhl".into(),
+            tracking_number: "1".into(),
+        },
+    );
+    shop.act_ok(o, OrderAction::Deliver);
+}
+
+/// Units restocked per warehouse by an order's effects.
+fn restocked(o: &Order) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in &fulfilment(o).effects {
+        if let EffectKind::Restock {
+            sku,
+            warehouse,
+            qty,
+        } = &e.kind
+        {
+            *m.entry((sku.clone(), warehouse.clone())).or_default() += u64::from(*qty);
+        }
+    }
+    m
+}
+
+#[test]
+fn returns_restock_each_warehouse_at_most_what_it_shipped() {
+    let mut shop = Shop::new();
+    // 255 warehouses shipped one unit each, the last one 10 000.
+    let mut per_warehouse = vec![1; 255];
+    per_warehouse.push(10_000);
+    let o = wide_checkout(&mut shop, 1, &per_warehouse);
+    deliver(&mut shop, o);
+    let mut returned = 0;
+    for _ in 0..RETURNS_PER_ORDER_MAX {
+        let r = shop.request_return(o, &[("wide-0", 256)]).unwrap();
+        for a in [
+            ReturnAction::Approve,
+            ReturnAction::Receive,
+            ReturnAction::Refund,
+        ] {
+            shop.ret(r, a).unwrap();
+        }
+        returned += 256;
+    }
+    let order = shop.order(o);
+    assert!(fulfilment(&order).effects.len() <= ORDER_EFFECTS_MAX);
+    let back = restocked(&order);
+    for l in &order.lines {
+        let got = back.get(&(l.sku.clone(), l.warehouse.clone())).copied();
+        assert!(
+            got.unwrap_or(0) <= u64::from(l.qty),
+            "{}: {got:?}",
+            l.warehouse
+        );
+    }
+    assert_eq!(back.values().sum::<u64>(), returned);
+    assert_eq!(
+        back[&("wide-0".to_string(), "w255".to_string())],
+        returned - 255
+    );
+}
+
+#[test]
+fn set_order_status_cannot_move_a_checkout_order() {
+    let mut shop = Shop::new();
+    let id = shop.checkout_at(card(1, "DE"), CheckoutState::OrderCreated, &quiet());
+    let o = shop.order_of(id);
+    let set = |status| {
+        Request::new(Command::SetOrderStatus {
+            order_id: o,
+            status,
+            note: String::new(),
+        })
+    };
+    // While the checkout runs, and after it: only order actions (which queue
+    // the restocks and payment calls) may move such an order.
+    let before = shop.s.checksum();
+    let r = shop.s.apply(shop.now, &set(OrderStatus::Cancelled));
+    assert!(matches!(r, Err(EngineError::InvalidInput { .. })), "{r:?}");
+    assert_eq!(shop.s.checksum(), before);
+    shop.drive(id, CheckoutState::Completed, &quiet());
+    assert_eq!(shop.order(o).status, OrderStatus::Confirmed);
+    let before = shop.s.checksum();
+    let r = shop.s.apply(shop.now, &set(OrderStatus::Cancelled));
+    assert!(matches!(r, Err(EngineError::InvalidInput { .. })), "{r:?}");
+    assert_eq!(shop.s.checksum(), before);
+}
+
+#[test]
+fn set_order_status_keeps_the_history_bounded() {
+    let mut s = ShardState::new(SHARD);
+    let created = s
+        .apply(
+            T0,
+            &Request::new(Command::CreateOrder {
+                user_id: user(0),
+                lines: vec![OrderLine {
+                    sku: "sku-a".into(),
+                    warehouse: "w1".into(),
+                    qty: 1,
+                    unit_price: eur(100),
+                }],
+                ship_to: "x".into(),
+            }),
+        )
+        .unwrap();
+    let Outcome::OrderCreated { order_id, .. } = created.outcome else {
+        panic!("{created:?}")
+    };
+    use OrderStatus::*;
+    let mut path = vec![Confirmed, Packed, Shipped, Delivered];
+    for _ in 0..ORDER_HISTORY_MAX {
+        path.extend([ReturnRequested, Delivered]);
+    }
+    for status in path {
+        s.apply(
+            T0,
+            &Request::new(Command::SetOrderStatus {
+                order_id,
+                status,
+                note: "n".repeat(TEXT_BYTES_MAX),
+            }),
+        )
+        .unwrap();
+    }
+    let order = s.order(order_id).unwrap();
+    assert!(order.history.len() <= ORDER_HISTORY_MAX);
+    assert_eq!(order.history[0].status, Placed, "the first entry is kept");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_cart_too_big_for_one_order_cannot_start_a_checkout() {
+    let mut shop = Shop::new();
+    for i in 0..=ORDER_LINES_MAX {
+        shop.s
+            .apply(
+                T0,
+                &Request::new(Command::CartSet {
+                    user_id: user(0),
+                    sku: format!("sku-{i:03}"),
+                    qty: 1,
+                }),
+            )
+            .unwrap();
+    }
+    let e = shop.refused(CommerceCommand::CheckoutBegin {
+        user_id: user(0),
+        source: CheckoutSource::Cart,
+        payment: card(1, "DE"),
+        ship_to: address("DE"),
+    });
+    assert!(matches!(e, EngineError::InvalidInput { .. }), "{e:?}");
+    assert_eq!(shop.s.checkouts().count(), 0);
+}
+
+#[test]
+fn holds_must_hold_the_lines_and_nothing_else() {
+    let mut shop = Shop::new();
+    let id = shop.begin(&user(0), card(1, "DE"));
+    let mut priced = prices();
+    priced.push(PricedLine {
+        sku: "sku-c".into(),
+        seller_id: "seller-3".into(),
+        unit_price: eur(700),
+    });
+    let mut extra = holds();
+    extra[0].allocations.push(Allocation {
+        sku: "sku-c".into(),
+        warehouse: "w1".into(),
+        qty: 1,
+    });
+    let mut empty = holds();
+    empty[1].allocations.push(Allocation {
+        sku: "sku-b".into(),
+        warehouse: "w3".into(),
+        qty: 0,
+    });
+    for holds in [extra, empty] {
+        let e = shop.refused(CommerceCommand::CheckoutReserved {
+            checkout_id: id,
+            holds,
+            prices: priced.clone(),
+            lines: lines(),
+        });
+        assert!(matches!(e, EngineError::InvalidInput { .. }), "{e:?}");
+    }
+}
+
+#[test]
+fn deliver_is_only_for_shipped_orders() {
+    let mut shop = Shop::new();
+    let o = shop.delivered(card(1, "DE"));
+    shop.request_return(o, &[("sku-a", 1)]).unwrap();
+    assert_eq!(
+        shop.act_refused(o, OrderAction::Deliver),
+        EngineError::IllegalTransition {
+            order_id: o,
+            from: OrderStatus::ReturnRequested,
+            to: OrderStatus::Delivered
+        }
+    );
+}
+
 // ---- determinism ----
 
 /// One random action of the property test. Indexes pick among what exists.
@@ -2426,6 +2723,20 @@ impl Run {
                     .map(|l| l.qty)
                     .sum();
                 assert!(returned <= ordered, "order {}: {sku}", o.id);
+            }
+            assert!(f.effects.len() <= ORDER_EFFECTS_MAX);
+            for ((sku, warehouse), qty) in restocked(o) {
+                let shipped: u64 = o
+                    .lines
+                    .iter()
+                    .filter(|l| l.sku == sku && l.warehouse == warehouse)
+                    .map(|l| u64::from(l.qty))
+                    .sum();
+                assert!(
+                    qty <= shipped,
+                    "order {}: {qty} restocked at {sku}/{warehouse}",
+                    o.id
+                );
             }
             let seqs: Vec<u32> = f.effects.iter().map(|e| e.seq).collect();
             assert!(seqs.windows(2).all(|w| w[0] < w[1]));
