@@ -81,7 +81,7 @@ pub const TRACKING_EVENTS_MAX: usize = 64;
 /// Returns one order may have.
 pub const RETURNS_PER_ORDER_MAX: usize = 16;
 /// Side effects (restocks, payment calls) one order may have queued over its life.
-pub const ORDER_EFFECTS_MAX: usize = 256;
+pub const ORDER_EFFECTS_MAX: usize = 512;
 /// Status changes kept in an order's history.
 pub const ORDER_HISTORY_MAX: usize = 64;
 /// Checkouts one `Tick` may forget after their retention.
@@ -98,6 +98,10 @@ pub const SHARD_COUNT: u16 = 256;
 pub const SEQUENCE_MAX: u64 = (1 << 56) - 1;
 
 const _: () = assert!(TTL_MS_MIN <= TTL_MS_DEFAULT && TTL_MS_DEFAULT <= TTL_MS_MAX);
+// An order placed by checkout has up to `ORDER_LINES_MAX * 4` lines (one per
+// SKU and shipping warehouse). Approving a review (one capture) and then
+// cancelling (a restock per line and a refund) must fit its effects.
+const _: () = assert!(ORDER_EFFECTS_MAX >= ORDER_LINES_MAX * 4 + 2);
 const _: () = assert!(RESERVATION_ALLOCATIONS_MAX >= RESERVATION_LINES_MAX);
 const _: () = assert!(WAREHOUSE_PREFERENCE_MAX <= WAREHOUSES_PER_SKU_MAX);
 // Sums of a whole reservation's quantities, or of every warehouse of a SKU, cannot overflow u64.

@@ -97,12 +97,17 @@ impl ShardState {
                 if cart.is_empty() {
                     return Err(invalid("cart", "is empty"));
                 }
-                cart.iter()
+                let lines: Vec<ReserveLine> = cart
+                    .iter()
                     .map(|i| ReserveLine {
                         sku: i.sku.clone(),
                         qty: i.qty,
                     })
-                    .collect()
+                    .collect();
+                // A cart may hold more items (CART_ITEMS_MAX) than one order
+                // has lines; such a checkout could never be reserved.
+                check_lines("cart", &lines)?;
+                lines
             }
             CheckoutSource::Reservation(_) => Vec::new(),
         };
@@ -252,6 +257,20 @@ impl ShardState {
                         line.sku, line.qty
                     ),
                 ));
+            }
+        }
+        // ...and nothing else: the order's lines are made from the
+        // allocations and its total from the lines, so an allocation of a SKU
+        // no line wants (or of no units) would put a line in the order that
+        // its total does not pay for.
+        for (i, h) in holds.iter().enumerate() {
+            for a in &h.allocations {
+                if a.qty == 0 || !lines.iter().any(|l| l.sku == a.sku) {
+                    return Err(invalid(
+                        Item::field("holds", i, "allocations").to_string(),
+                        format!("hold {} units of {:?}, which no line wants", a.qty, a.sku),
+                    ));
+                }
             }
         }
         c.lines = lines.to_vec();
@@ -434,6 +453,7 @@ impl ShardState {
                 });
             }
         }
+        // ORDER_EFFECTS_MAX is asserted (limits.rs) to fit cancelling this many lines.
         if lines.len() > ORDER_LINES_MAX * 4 {
             return Err(limit_reached("ORDER_LINES_MAX", ORDER_LINES_MAX as u64));
         }

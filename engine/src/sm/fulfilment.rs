@@ -68,6 +68,9 @@ impl ShardState {
         };
         let legal = match action {
             OrderAction::Track { .. } => from == OrderStatus::Shipped,
+            // `can_become` also allows return_requested -> delivered (a
+            // rejected return), which only `Return { Reject }` may do.
+            OrderAction::Deliver => from == OrderStatus::Shipped,
             OrderAction::ApproveReview | OrderAction::RejectReview => from == OrderStatus::Review,
             _ => from.can_become(to),
         };
@@ -372,7 +375,14 @@ impl ShardState {
                 state: r.status.as_str().to_owned(),
             });
         }
-        if f.effects.len() + r.lines.len() + 1 > ORDER_EFFECTS_MAX {
+        // Exactly the effects the action queues: a return line of a SKU
+        // shipped from several warehouses restocks each of them.
+        let restocks = match action {
+            ReturnAction::Receive => plan_restocks(&r.lines, &order.lines, &f.effects),
+            _ => Vec::new(),
+        };
+        let queued = restocks.len() + usize::from(action == ReturnAction::Refund);
+        if f.effects.len() + queued > ORDER_EFFECTS_MAX {
             return Err(limit_reached("ORDER_EFFECTS_MAX", ORDER_EFFECTS_MAX as u64));
         }
         // Commit: nothing below can fail.
@@ -402,24 +412,8 @@ impl ShardState {
                 }
             }
             ReturnAction::Receive => {
-                // Back to the warehouses that shipped the units, in line order.
-                for line in &lines {
-                    let mut left = line.qty;
-                    for ol in order_lines.iter().filter(|l| l.sku == line.sku) {
-                        if left == 0 {
-                            break;
-                        }
-                        let qty = left.min(ol.qty);
-                        left -= qty;
-                        queue(
-                            f,
-                            EffectKind::Restock {
-                                sku: ol.sku.clone(),
-                                warehouse: ol.warehouse.clone(),
-                                qty,
-                            },
-                        );
-                    }
+                for kind in restocks {
+                    queue(f, kind);
                 }
                 if order.status == OrderStatus::ReturnRequested {
                     order_status = Some((OrderStatus::Returned, "return received"));
@@ -518,6 +512,59 @@ fn queue(f: &mut Fulfilment, kind: EffectKind) {
         kind,
         done: false,
     });
+}
+
+/// The restocks receiving a return of `lines` needs: each unit goes back to
+/// a warehouse that shipped it, in order-line order, skipping units earlier
+/// returns already restocked there (`effects`). Returns never take more units
+/// of a SKU than were ordered, so every unit finds a warehouse.
+fn plan_restocks(
+    lines: &[ReserveLine],
+    order_lines: &[crate::sm::types::OrderLine],
+    effects: &[Effect],
+) -> Vec<EffectKind> {
+    let restocked = |sku: &str, warehouse: &str, planned: &[EffectKind]| -> u64 {
+        effects
+            .iter()
+            .map(|e| &e.kind)
+            .chain(planned)
+            .map(|k| match k {
+                EffectKind::Restock {
+                    sku: s,
+                    warehouse: w,
+                    qty,
+                } if s == sku && w == warehouse => u64::from(*qty),
+                _ => 0,
+            })
+            .sum()
+    };
+    let mut planned = Vec::new();
+    for line in lines {
+        let mut left = line.qty;
+        for ol in order_lines.iter().filter(|l| l.sku == line.sku) {
+            if left == 0 {
+                break;
+            }
+            let shipped: u64 = order_lines
+                .iter()
+                .filter(|l| l.sku == ol.sku && l.warehouse == ol.warehouse)
+                .map(|l| u64::from(l.qty))
+                .sum();
+            let open = shipped.saturating_sub(restocked(&ol.sku, &ol.warehouse, &planned));
+            // `open` fits in u32 wherever it is smaller than `left`.
+            let qty = u64::from(left).min(open) as u32;
+            if qty == 0 {
+                continue;
+            }
+            left -= qty;
+            planned.push(EffectKind::Restock {
+                sku: ol.sku.clone(),
+                warehouse: ol.warehouse.clone(),
+                qty,
+            });
+        }
+    }
+    planned
 }
 
 /// Queues a restock of every line of `order` (its stock was deducted).

@@ -2,6 +2,7 @@
 
 use crate::ids::{OrderId, ShardId};
 use crate::limits::*;
+use crate::sm::checkout::push_status;
 use crate::sm::command::Outcome;
 use crate::sm::error::{EngineError, invalid, limit_reached};
 use crate::sm::inventory::check_money;
@@ -64,6 +65,14 @@ impl ShardState {
             .orders
             .get_mut(&id)
             .ok_or(EngineError::UnknownOrder { order_id: id })?;
+        // An order placed by checkout moves only by order actions, which
+        // queue its restocks and payment calls and respect a running saga.
+        if order.fulfilment.is_some() {
+            return Err(invalid(
+                "order_id",
+                "the order was placed by checkout; change it with order actions",
+            ));
+        }
         let from = order.status;
         if !from.can_become(status) {
             return Err(EngineError::IllegalTransition {
@@ -72,12 +81,8 @@ impl ShardState {
                 to: status,
             });
         }
-        order.status = status;
-        order.history.push(StatusChange {
-            status,
-            at_ms: now,
-            note: note.to_owned(),
-        });
+        // Bounded: delivered <-> return_requested may repeat without end.
+        push_status(order, status, now, note);
         Ok(Outcome::OrderStatusChanged { from, to: status })
     }
 
