@@ -658,9 +658,17 @@ pub fn render() -> String {
     out
 }
 
+/// A per-shard series: name, type, help, and how to read it from a sample.
+type ShardSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardSample) -> u64,
+);
+
 fn shard_series(out: &mut String, m: &Metrics) {
     let samples: Vec<ShardSample> = (0..SHARD_COUNT).map(|s| m.shard(s)).collect();
-    let series: [(&str, &str, &str, fn(&ShardSample) -> u64); 6] = [
+    let series: [ShardSeries; 6] = [
         (
             "reserva_shard_ops_total",
             "counter",
