@@ -673,7 +673,10 @@ mod tests {
         assert_eq!((moves[0].from, moves[0].to), (0, 1), "{moves:?}");
         // 1700 vs 100 before; the best reachable split is 800 vs 1000.
         assert_eq!(after.iter().sum::<f64>(), 1800.0);
-        assert!((after[0] - after[1]).abs() <= 200.0, "{after:?} after {moves:?}");
+        assert!(
+            (after[0] - after[1]).abs() <= 200.0,
+            "{after:?} after {moves:?}"
+        );
         assert!(moves.len() <= REBALANCE_MOVES_MAX);
         // Already even: nothing to do.
         let (none, _) = plan_rebalance(&vec![10.0; 256], &owners, 2);

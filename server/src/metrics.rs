@@ -833,6 +833,35 @@ mod tests {
         assert_eq!(fine_bucket(u64::MAX), FINE_BUCKETS - 1);
     }
 
+    /// Every metric the sample dashboard queries exists.
+    #[test]
+    fn the_sample_dashboard_uses_only_metrics_that_exist() {
+        let m = global();
+        m.started(2, Duration::from_millis(5), 1);
+        let text = render();
+        let dashboard = include_str!("../../docs/grafana-dashboard.json");
+        let mut checked = 0;
+        for (i, _) in dashboard.match_indices("reserva_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = name
+                .strip_suffix("_bucket")
+                .unwrap_or(&name)
+                .trim_end_matches('_');
+            if base == "reserva_node" || base.is_empty() {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "{base} is not exported"
+            );
+            checked += 1;
+        }
+        assert!(checked > 10);
+    }
+
     #[test]
     fn render_is_prometheus_text() {
         let m = global();
