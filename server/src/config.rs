@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub io_memory_bytes: usize,
     /// Pin executor i to CPU i (modulo the CPUs present).
     pub pin: bool,
+    /// Fraud rules, payment provider behaviour and warehouse locations.
+    pub checkout: crate::checkout_config::CheckoutConfig,
     /// Address of the admin API (gRPC) and `/metrics`; `None` = off.
     pub admin: Option<SocketAddr>,
 }

@@ -8,9 +8,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod checkout_config;
 pub mod config;
 pub mod conn;
 pub mod core;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod payments;
+pub mod saga;

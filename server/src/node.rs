@@ -27,8 +27,8 @@ use socket2::{Domain, Socket, Type};
 use crate::config::{FsyncMode, ServerConfig};
 use crate::core::{Control, Core, Forwarded, SharedMap, shutdown_requested};
 use crate::limits::{
-    CONNECTIONS_PER_CORE_MAX, CONTROL_QUEUE_MAX, FORWARD_QUEUE_MAX, SHUTDOWN_POLL,
-    SYNC_THREADS_PER_CORE, TICK_INTERVAL,
+    CONNECTIONS_PER_CORE_MAX, CONTROL_QUEUE_MAX, EFFECT_SWEEP_INTERVAL, FORWARD_QUEUE_MAX,
+    SHUTDOWN_POLL, SYNC_THREADS_PER_CORE, TICK_INTERVAL,
 };
 use crate::metrics::{self, GAUGE_PUBLISH_INTERVAL};
 
@@ -277,13 +277,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
             return Err(e);
         }
     };
-    let core = Rc::new(Core::new(
-        core_id,
-        shards,
-        ctx.map,
-        ctx.config.clone(),
-        ctx.peers,
-    ));
+    let core = Core::new(core_id, shards, ctx.map, ctx.config.clone(), ctx.peers);
     let committer = glommio::spawn_local(core.clone().run_committer());
     glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();
     glommio::spawn_local(core.clone().run_control(ctx.control, ctx.control_peers)).detach();
@@ -299,6 +293,8 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         ))
         .detach();
     }
+    crate::saga::resume(&core);
+    glommio::spawn_local(crate::saga::sweep(core.clone(), EFFECT_SWEEP_INTERVAL)).detach();
     core.publish_gauges();
     let _ = ctx.ready.send(Ok(core_id));
     let mut last_sync = Instant::now();
