@@ -214,3 +214,69 @@ fn a_damaged_snapshot_is_reported_and_an_empty_directory_is_a_layout_fault() {
     let report = verify_data_dir(empty.path());
     assert_eq!(report.faults[0].kind, FaultKind::Layout);
 }
+
+/// Verify and recovery agree: after a bit flip anywhere in a segment,
+/// `verify` reports a fault exactly when opening the shard fails.
+#[test]
+fn verify_reports_a_fault_exactly_when_recovery_refuses_to_open() {
+    let data = busy_data_dir();
+    let dir = shard_dir(data.path());
+    let segments = files(&dir, "seg-");
+    let mut seed = 0x5eed_u64;
+    let cases = if std::env::var_os("RESERVA_CI").is_some() {
+        40
+    } else {
+        16
+    };
+    let mut refused = 0;
+    for case in 0..cases {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let copy = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(data.path().join("shards"))
+            .arg(copy.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let seg = &segments[(seed >> 8) as usize % segments.len()];
+        let target = shard_dir(copy.path()).join(seg.file_name().unwrap());
+        let mut bytes = std::fs::read(&target).unwrap();
+        // Mostly inside the written records, sometimes anywhere.
+        let written = bytes.iter().rposition(|&b| b != 0).unwrap_or(64) + 1;
+        let span = if case % 4 == 0 { bytes.len() } else { written };
+        let at = (seed >> 20) as usize % span;
+        bytes[at] ^= 1 << ((seed >> 40) % 8);
+        std::fs::write(&target, &bytes).unwrap();
+        let report = verify_data_dir(copy.path());
+        let config = ShardConfig {
+            log: LogConfig {
+                segment_bytes: 64 * 1024,
+                snapshots_kept: 2,
+            },
+            snapshot_every_records: 0,
+        };
+        let open = Shard::open(&shard_dir(copy.path()), SHARD, config);
+        match open {
+            Ok(_) => {
+                assert!(
+                    report.is_ok(),
+                    "case {case}: byte {at} of {}: recovery opened but verify says {:#?}",
+                    target.display(),
+                    report.faults
+                );
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(
+                    !report.is_ok(),
+                    "case {case}: byte {at} of {}: recovery refused ({e}) but verify found nothing",
+                    target.display()
+                );
+            }
+        }
+    }
+    assert!(refused > 0, "no case hit durable data");
+}

@@ -45,6 +45,8 @@ pub const REBALANCE_TOLERANCE: f64 = 0.10;
 pub const RATE_SAMPLES: usize = 11;
 /// How often the admin API samples per-shard operation counts.
 pub const RATE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long admin calls may run on after the node stopped.
+pub const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Concurrent admin API requests (connections beyond are served in turn).
 pub const ADMIN_CONCURRENCY_MAX: usize = 16;
 

@@ -24,8 +24,9 @@ use reserva_engine::sm::{EngineError, Outcome};
 use reserva_protocol::{Op, OpResult, Query, Reply, WireError};
 
 /// Operation types, the `op` label of `reserva_ops_total`. Mutations are
-/// indexed by their log record kind (1..=13); queries follow.
-pub const OP_LABELS: [&str; 22] = [
+/// indexed by their log record kind (1..=28, `docs/log-format.md`); queries
+/// follow from `OP_QUERY_BASE`.
+pub const OP_LABELS: [&str; 40] = [
     "other",
     "upsert_sku",
     "set_stock",
@@ -40,21 +41,40 @@ pub const OP_LABELS: [&str; 22] = [
     "cart_remove",
     "cart_clear",
     "tick",
+    "checkout_begin",
+    "checkout_reserved",
+    "checkout_score",
+    "checkout_authorized",
+    "checkout_create_order",
+    "checkout_stock_confirmed",
+    "checkout_finish",
+    "checkout_fail",
+    "checkout_compensated",
+    "card_use",
+    "credit_grant",
+    "order",
+    "return_request",
+    "return",
+    "effect_done",
     "get_sku",
     "get_reservation",
     "get_order",
     "list_orders",
     "get_cart",
     "shard_stats",
+    "get_checkout",
+    "get_credit",
+    "get_return",
     "other_query",
     "other_mutation",
 ];
-const OP_QUERY_BASE: usize = 14;
-const OP_OTHER_QUERY: usize = 20;
-const OP_OTHER_MUTATION: usize = 21;
+const OP_QUERY_BASE: usize = 29;
+const OP_OTHER_QUERY: usize = 38;
+const OP_OTHER_MUTATION: usize = 39;
+const _: () = assert!(OP_OTHER_MUTATION == OP_LABELS.len() - 1);
 
 /// Error types, the `error` label of `reserva_errors_total`.
-pub const ERROR_LABELS: [&str; 23] = [
+pub const ERROR_LABELS: [&str; 30] = [
     "other",
     "invalid_input",
     "unknown_sku",
@@ -78,6 +98,13 @@ pub const ERROR_LABELS: [&str; 23] = [
     "unavailable",
     "timeout",
     "engine_other",
+    "unknown_checkout",
+    "checkout_state",
+    "payment_declined",
+    "payment_failed",
+    "fraud_rejected",
+    "unknown_return",
+    "return_state",
 ];
 
 /// Upper bounds of the Prometheus latency buckets, in microseconds.
@@ -268,6 +295,9 @@ pub fn op_label(op: &Op) -> usize {
             Query::ListOrders { .. } => OP_QUERY_BASE + 3,
             Query::GetCart { .. } => OP_QUERY_BASE + 4,
             Query::ShardStats { .. } => OP_QUERY_BASE + 5,
+            Query::GetCheckout { .. } => OP_QUERY_BASE + 6,
+            Query::GetCredit { .. } => OP_QUERY_BASE + 7,
+            Query::GetReturn { .. } => OP_QUERY_BASE + 8,
             #[allow(unreachable_patterns, reason = "queries added later count as other")]
             _ => OP_OTHER_QUERY,
         },
@@ -290,6 +320,13 @@ pub fn error_label(e: &WireError) -> usize {
             EngineError::IllegalTransition { .. } => 10,
             EngineError::IdempotencyConflict { .. } => 11,
             EngineError::LimitReached { .. } => 12,
+            EngineError::UnknownCheckout { .. } => 23,
+            EngineError::CheckoutState { .. } => 24,
+            EngineError::PaymentDeclined { .. } => 25,
+            EngineError::PaymentFailed { .. } => 26,
+            EngineError::FraudRejected { .. } => 27,
+            EngineError::UnknownReturn { .. } => 28,
+            EngineError::ReturnState { .. } => 29,
             _ => 22,
         },
         WireError::NotFound { .. } => 13,
@@ -658,9 +695,17 @@ pub fn render() -> String {
     out
 }
 
+/// A per-shard series: name, type, help, and how to read it from a sample.
+type ShardSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardSample) -> u64,
+);
+
 fn shard_series(out: &mut String, m: &Metrics) {
     let samples: Vec<ShardSample> = (0..SHARD_COUNT).map(|s| m.shard(s)).collect();
-    let series: [(&str, &str, &str, fn(&ShardSample) -> u64); 6] = [
+    let series: [ShardSeries; 6] = [
         (
             "reserva_shard_ops_total",
             "counter",
@@ -823,6 +868,35 @@ mod tests {
             last = b;
         }
         assert_eq!(fine_bucket(u64::MAX), FINE_BUCKETS - 1);
+    }
+
+    /// Every metric the sample dashboard queries exists.
+    #[test]
+    fn the_sample_dashboard_uses_only_metrics_that_exist() {
+        let m = global();
+        m.started(2, Duration::from_millis(5), 1);
+        let text = render();
+        let dashboard = include_str!("../../docs/grafana-dashboard.json");
+        let mut checked = 0;
+        for (i, _) in dashboard.match_indices("reserva_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = name
+                .strip_suffix("_bucket")
+                .unwrap_or(&name)
+                .trim_end_matches('_');
+            if base == "reserva_node" || base.is_empty() {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "{base} is not exported"
+            );
+            checked += 1;
+        }
+        assert!(checked > 10);
     }
 
     #[test]

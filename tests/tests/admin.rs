@@ -478,3 +478,31 @@ async fn verify_finds_a_flipped_bit_a_truncated_segment_and_a_missing_snapshot()
     let s = c.get_sku(skus[0].as_str()).await.unwrap().unwrap();
     assert_eq!(s.warehouses[0].on_hand, 99);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_aware_client_follows_a_moved_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server).await;
+    let sku = key_on_shard("follow-", 10, 0);
+    c.upsert_sku(sku.as_str(), "s", "t", eur(1)).await.unwrap();
+    assert_eq!(c.shard_map().version, 1);
+    assert_eq!(c.shard_map().owner_of(10), Some(0));
+    let moved = json(server.cli(&["--output", "json", "shard", "move", "10", "--core", "1"]));
+    assert_eq!(moved["from_core"], 0);
+    assert_eq!(moved["to_core"], 1);
+    // The client still sends to core 0's own port, is told WrongShard,
+    // refreshes its map and resends to core 1.
+    c.set_stock(sku.as_str(), "w1", 7).await.unwrap();
+    assert_eq!(c.shard_map().version, 2);
+    assert_eq!(c.shard_map().owner_of(10), Some(1));
+    assert_eq!(
+        c.get_sku(sku.as_str()).await.unwrap().unwrap().warehouses[0].on_hand,
+        7
+    );
+    let shards = json(server.cli(&["--output", "json", "shards"]));
+    assert_eq!(shards["shards"][10]["core"], 1);
+    // Snapshots and compaction run on the new owner.
+    let snap = json(server.cli(&["--output", "json", "snapshot", "10"]));
+    assert_eq!(snap["results"][0]["error"], "", "{snap}");
+}

@@ -23,8 +23,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum AdminError {
     /// The address is not a valid URI.
     Address(String),
-    /// The node could not be reached.
-    Connect(tonic::transport::Error),
+    /// The node could not be reached at the address.
+    Connect(String, tonic::transport::Error),
     /// The node answered with an error status.
     Call(tonic::Status),
 }
@@ -33,7 +33,18 @@ impl std::fmt::Display for AdminError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AdminError::Address(a) => write!(f, "invalid admin address {a:?}"),
-            AdminError::Connect(e) => write!(f, "cannot reach the admin API: {e}"),
+            AdminError::Connect(addr, e) => {
+                write!(f, "cannot reach the admin API at {addr}: {e}")?;
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    write!(f, ": {s}")?;
+                    source = s.source();
+                }
+                write!(
+                    f,
+                    " (is the node running with --admin {addr}? set --admin or RESERVA_ADMIN)"
+                )
+            }
             AdminError::Call(s) => write!(f, "{:?}: {}", s.code(), s.message()),
         }
     }
@@ -66,7 +77,10 @@ impl AdminClient {
             .map_err(|_| AdminError::Address(addr.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT);
-        let channel = endpoint.connect().await.map_err(AdminError::Connect)?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| AdminError::Connect(addr.to_string(), e))?;
         Ok(AdminClient {
             stub: Stub::new(channel),
             token,

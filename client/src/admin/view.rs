@@ -80,7 +80,7 @@ fn duration_ms(ms: u64) -> String {
 /// `reserva status`.
 pub fn status(s: &proto::StatusReply) -> String {
     let mut out = String::new();
-    let t = s.totals.clone().unwrap_or_default();
+    let t = s.totals.unwrap_or_default();
     let _ = writeln!(out, "node        {} (reserva {})", s.node_id, s.version);
     let _ = writeln!(out, "uptime      {}", duration_ms(s.uptime_ms));
     let _ = writeln!(out, "recovery    {}", duration_ms(s.recovery_ms));

@@ -246,7 +246,7 @@ async fn top(
         if json {
             print_json(&reply)?;
         } else {
-            let t = status.totals.clone().unwrap_or_default();
+            let t = status.totals.unwrap_or_default();
             let per_core: Vec<String> = status
                 .cores
                 .iter()

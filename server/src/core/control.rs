@@ -21,6 +21,7 @@
 //!    shard-aware client still talking to A's own port is answered
 //!    `WrongShard` (it refreshes its map and resends with the same
 //!    idempotency key); anything forwarded to A by another core is passed on.
+//!
 //! If B cannot open S, it hands the queue back and A reopens S itself.
 //!
 //! No request is lost or answered twice: every request for S is in exactly
