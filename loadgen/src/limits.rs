@@ -28,7 +28,7 @@ pub const ORDERS_TRACKED_MAX: usize = 20_000_000;
 /// Operations per seeding request (one batch, pipeline or statement).
 pub const SEED_CHUNK_SKUS: usize = 1_000;
 /// Seeding requests in flight at once.
-pub const SEED_IN_FLIGHT: usize = 16;
+pub const SEED_IN_FLIGHT: usize = 64;
 /// Operations per verification request.
 pub const VERIFY_CHUNK: usize = 1_000;
 /// Steps of a `--rate max` search (doubling, then bisecting).

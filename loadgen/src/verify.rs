@@ -122,6 +122,8 @@ pub struct VerifyReport {
 }
 
 const PROBLEMS_SHOWN_MAX: usize = 20;
+/// Retries of one verification read.
+const VERIFY_ATTEMPTS: u32 = 5;
 
 /// SKU indices and their stock rows.
 type Chunk = (Vec<u32>, Vec<Vec<StockRow>>);
@@ -140,8 +142,18 @@ pub async fn snapshot<B: Binding>(
         .collect();
     let results: Vec<anyhow::Result<Chunk>> = stream::iter(chunks)
         .map(|c| async move {
-            let rows = binding.stock_rows(c.clone()).await?;
-            Ok((c, rows))
+            // A target still digesting a backlog may time out: retry a few times.
+            let mut attempt = 0;
+            loop {
+                match binding.stock_rows(c.clone()).await {
+                    Ok(rows) => return Ok((c, rows)),
+                    Err(e) if attempt >= VERIFY_ATTEMPTS => return Err(e),
+                    Err(_) => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(1 << attempt)).await;
+                    }
+                }
+            }
         })
         .buffered(8)
         .collect()
@@ -240,7 +252,18 @@ pub async fn reconcile<B: Binding>(
     let orders_checked = orders.len() as u64;
     let chunks: Vec<Vec<u64>> = orders.chunks(VERIFY_CHUNK).map(<[u64]>::to_vec).collect();
     let missing: Vec<anyhow::Result<u64>> = stream::iter(chunks)
-        .map(|c| binding.missing_orders(c))
+        .map(|c| async move {
+            let mut attempt = 0;
+            loop {
+                match binding.missing_orders(c.clone()).await {
+                    Err(_) if attempt < VERIFY_ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(1 << attempt)).await;
+                    }
+                    r => return r,
+                }
+            }
+        })
         .buffered(8)
         .collect()
         .await;
