@@ -6,8 +6,11 @@
 //! to roles; [`config`] and [`limits`] hold the settings and bounds.
 
 pub mod auth;
+pub mod checkout_config;
 pub mod config;
 pub mod conn;
 pub mod core;
 pub mod limits;
 pub mod node;
+pub mod payments;
+pub mod saga;
