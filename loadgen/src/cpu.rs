@@ -25,6 +25,29 @@ pub fn process_cpu_s(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) / USER_HZ)
 }
 
+/// Jiffies of the whole machine from `/proc/stat`: (busy, total).
+pub fn machine_jiffies() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// Percent of all of the machine's CPUs busy between two `machine_jiffies` readings.
+pub fn machine_busy_pct(from: (u64, u64), to: (u64, u64)) -> f64 {
+    let total = to.1.saturating_sub(from.1);
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * to.0.saturating_sub(from.0) as f64 / total as f64
+}
+
 /// Measures a process's CPU use between two points in time.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMeter {

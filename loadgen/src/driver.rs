@@ -114,6 +114,8 @@ pub struct RunOutcome {
     pub loadgen_cpu_pct: Option<f64>,
     /// The target's mean CPU, if its pid is known.
     pub target_cpu_pct: Option<f64>,
+    /// How busy all of the machine's CPUs were (every process), percent.
+    pub machine_busy_pct: Option<f64>,
 }
 
 /// Options of the per-second reporter.
@@ -324,7 +326,7 @@ async fn reporter(
     start: Instant,
     stop: Arc<AtomicBool>,
     opts: ReportOpts,
-) -> anyhow::Result<(Vec<Second>, Option<f64>, Option<f64>)> {
+) -> anyhow::Result<(Vec<Second>, Option<f64>, Option<f64>, Option<f64>)> {
     let mut file = match &opts.hdr {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
             |e| anyhow::anyhow!("cannot create --hdr file {}: {e}", p.display()),
@@ -342,6 +344,7 @@ async fn reporter(
         ),
         None => None,
     };
+    let machine_start = crate::cpu::machine_jiffies();
     let mut own = CpuMeter::start(None);
     let own_total = own;
     let target_total = opts.target_pid.and_then(|p| CpuMeter::start(Some(p)));
@@ -372,10 +375,14 @@ async fn reporter(
         use std::io::Write;
         f.flush()?;
     }
+    let machine = machine_start
+        .zip(crate::cpu::machine_jiffies())
+        .map(|(a, b)| crate::cpu::machine_busy_pct(a, b));
     Ok((
         seconds,
         own_total.and_then(|m| m.since_start()),
         target_total.and_then(|m| m.since_start()),
+        machine,
     ))
 }
 
@@ -457,7 +464,7 @@ pub async fn open_loop<B: Binding>(
     let unanswered = drain(&mut tasks, &rec).await;
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (seconds, own, target) = rep.await??;
+    let (seconds, own, target, machine) = rep.await??;
     Ok(RunOutcome {
         seconds,
         elapsed,
@@ -467,6 +474,7 @@ pub async fn open_loop<B: Binding>(
         max_lag,
         loadgen_cpu_pct: own,
         target_cpu_pct: target,
+        machine_busy_pct: machine,
     })
 }
 
@@ -530,7 +538,7 @@ pub async fn closed_loop<B: Binding>(
     let unanswered = drain(&mut tasks, &rec).await;
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (seconds, own, target) = rep.await??;
+    let (seconds, own, target, machine) = rep.await??;
     Ok(RunOutcome {
         seconds,
         elapsed,
@@ -540,5 +548,6 @@ pub async fn closed_loop<B: Binding>(
         max_lag: Duration::ZERO,
         loadgen_cpu_pct: own,
         target_cpu_pct: target,
+        machine_busy_pct: machine,
     })
 }

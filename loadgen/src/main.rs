@@ -62,9 +62,6 @@ struct TargetArgs {
     /// Credential (reserva's HELLO; the gateway's bearer token).
     #[arg(long, default_value = "reserva-loadgen")]
     token: String,
-    /// Card number that the sandbox approves (checkouts over HTTP).
-    #[arg(long, default_value = "4242424242424242")]
-    card: String,
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -231,12 +228,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             go(cli, Arc::new(b)).await
         }
         "http" => {
-            let b = target::http::Http::new(
-                &t.target,
-                conns.unwrap_or(256),
-                Some(t.token.clone()),
-                t.card.clone(),
-            )?;
+            let b =
+                target::http::Http::new(&t.target, conns.unwrap_or(256), Some(t.token.clone()))?;
             go(cli, Arc::new(b)).await
         }
         other => bail!(
@@ -492,6 +485,14 @@ fn build_report(
             limits::IN_FLIGHT_UNITS_MAX
         ));
     }
+    if let Some(m) = out.machine_busy_pct
+        && m >= 90.0
+    {
+        notes.push(format!(
+            "the machine's CPUs were {m:.0}% busy (load generator, target and any other process): \
+             every side was short of CPU, so these numbers are lower bounds"
+        ));
+    }
     if let Some(t) = out.target_cpu_pct {
         notes.push(format!("target process CPU: {t:.0}% of one core"));
     }
@@ -517,6 +518,7 @@ fn build_report(
         loadgen_cpu_pct: own,
         loadgen_threads: threads,
         target_cpu_pct: out.target_cpu_pct,
+        machine_busy_pct: out.machine_busy_pct,
         loadgen_bottleneck: bottleneck,
         notes,
         spike,

@@ -251,6 +251,8 @@ pub struct Report {
     pub loadgen_threads: usize,
     /// The target process's mean CPU, if `--target-pid` was given (percent of one core).
     pub target_cpu_pct: Option<f64>,
+    /// How busy all of the machine's CPUs were during the run (percent).
+    pub machine_busy_pct: Option<f64>,
     /// Whether the load generator itself looks like the bottleneck.
     pub loadgen_bottleneck: bool,
     /// What the numbers mean and what limited them.
