@@ -76,6 +76,7 @@ start_postgres() { # DIR SYNCHRONOUS_COMMIT -> sets URL, SERVER_PID
     bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
     port=$(free_port)
     mkdir -p "$dir"
+    chmod 755 "$(dirname "$dir")"
     chown postgres: "$dir"
     runuser -u postgres -- "$bin/initdb" -D "$dir/data" --auth=trust -U postgres >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; die "initdb failed"; }

@@ -23,7 +23,8 @@
 # Environment knobs (defaults in brackets): DURATION [30], RATE [2000],
 # CONCURRENCY [64], BATCH [16], SCENARIOS ["reserve checkout hotsku browse"],
 # SKUS [100000], WAREHOUSES [4], TARGETS ["reserva-always reserva-interval
-# redis-always redis-everysec postgres-on postgres-off"], OUT [a new temp dir].
+# redis-always redis-everysec postgres-on postgres-off"], OUT [a new temp dir],
+# TABLE_ONLY [unset; set it to print the table of an earlier OUT without running].
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -37,6 +38,7 @@ SKUS=${SKUS:-100000}
 WAREHOUSES=${WAREHOUSES:-4}
 TARGETS=${TARGETS:-"reserva-always reserva-interval redis-always redis-everysec postgres-on postgres-off"}
 WORK=$(mktemp -d /tmp/reserva-peers.XXXXXX)
+chmod 755 "$WORK" # PostgreSQL runs as its own user and must reach its directory
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 
@@ -124,6 +126,7 @@ EOF
 
 echo "peers: results in $OUT" >&2
 for name in $TARGETS; do
+    [[ -z "${TABLE_ONLY:-}" ]] || break
     start_target "$name"
     echo "peers: $name at $URL" >&2
     "$BIN/reserva-loadgen" seed --target "$URL" --skus "$SKUS" --warehouses "$WAREHOUSES" \
