@@ -23,3 +23,7 @@ pub use ops::{OrderCreated, Reserved, StockLevel};
 /// The protocol crate: messages, errors, routing, and the engine types they carry.
 pub use reserva_protocol as protocol;
 pub use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, WireError};
+
+/// The admin API client and the `reserva` CLI's views (feature `cli`).
+#[cfg(feature = "cli")]
+pub mod admin;

@@ -10,3 +10,4 @@ pub mod limits;
 pub mod log;
 pub mod shard;
 pub mod sm;
+pub mod verify;

@@ -338,6 +338,34 @@ impl Shard {
         Ok(lsn)
     }
 
+    /// Makes the log durable if it is not, then snapshots the state (an
+    /// operator's snapshot, or before a shard is handed to another core).
+    /// Returns the LSN covered; a shard without records has nothing to
+    /// snapshot and returns 0.
+    pub fn snapshot_now(&mut self) -> Result<Lsn, ShardError> {
+        self.check_poisoned()?;
+        if self.log.last_lsn() != self.log.durable_lsn() {
+            self.sync()?;
+        }
+        if self.log.last_lsn() == 0 {
+            return Ok(0);
+        }
+        self.snapshot()
+    }
+
+    /// [`Shard::snapshot_now`], then deletes every older snapshot and every
+    /// segment the new snapshot covers (the active segment stays).
+    pub fn compact(&mut self) -> Result<Lsn, ShardError> {
+        let lsn = self.snapshot_now()?;
+        self.log.compact()?;
+        Ok(lsn)
+    }
+
+    /// Records appended since the last snapshot (or since the shard was opened).
+    pub fn records_since_snapshot(&self) -> u64 {
+        self.records_since_snapshot
+    }
+
     /// Takes a snapshot if `snapshot_every_records` records were appended
     /// since the last one, first making the log durable if it is not (so
     /// snapshots also happen when barriers are not on the answer path).
@@ -433,7 +461,7 @@ pub fn decode_entry(shard: ShardId, record: &RecordRef<'_>) -> Result<LogEntry, 
     Ok(entry)
 }
 
-fn replay_one(state: &mut ShardState, record: &RecordRef<'_>) -> Result<(), ShardError> {
+pub(crate) fn replay_one(state: &mut ShardState, record: &RecordRef<'_>) -> Result<(), ShardError> {
     let shard = state.shard();
     let entry = decode_entry(shard, record)?;
     let diverged = |reason: String| ShardError::ReplayDiverged {
@@ -450,7 +478,11 @@ fn replay_one(state: &mut ShardState, record: &RecordRef<'_>) -> Result<(), Shar
     }
 }
 
-fn decode_snapshot(shard: ShardId, lsn: Lsn, payload: &[u8]) -> Result<ShardState, ShardError> {
+pub(crate) fn decode_snapshot(
+    shard: ShardId,
+    lsn: Lsn,
+    payload: &[u8],
+) -> Result<ShardState, ShardError> {
     let bad = |reason: String| ShardError::BadSnapshot { shard, lsn, reason };
     // The current image layout first; snapshots written before checkouts
     // existed hold version 1.

@@ -61,4 +61,6 @@ pub struct ServerConfig {
     pub pin: bool,
     /// Fraud rules, payment provider behaviour and warehouse locations.
     pub checkout: crate::checkout_config::CheckoutConfig,
+    /// Address of the admin API (gRPC) and `/metrics`; `None` = off.
+    pub admin: Option<SocketAddr>,
 }

@@ -33,7 +33,10 @@ use crate::limits::{
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Serves one connection until it closes or breaks the protocol.
-pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+/// `own_port`: it came in on the core's own listener, so its client is
+/// shard-aware and is told `WrongShard` for a shard this core does not own
+/// (after a shard move) instead of being forwarded.
+pub async fn serve(core: Rc<Core>, stream: TcpStream, own_port: bool) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -53,6 +56,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         core,
         out: Rc::new(out_tx),
         principal: None,
+        own_port,
         in_flight: Rc::new(Semaphore::new(IN_FLIGHT_BATCHES_PER_CONNECTION_MAX as u64)),
     };
     let end = conn.read_loop(&mut reader).await;
@@ -72,6 +76,7 @@ struct Conn {
     core: Rc<Core>,
     out: Rc<LocalSender<Vec<u8>>>,
     principal: Option<Rc<Principal>>,
+    own_port: bool,
     in_flight: Rc<Semaphore>,
 }
 
@@ -203,7 +208,7 @@ impl Conn {
         let ok = HelloOk {
             server_version: env!("CARGO_PKG_VERSION").into(),
             node_id: "node-0".into(),
-            shard_map: (*self.core.map).clone(),
+            shard_map: (**self.core.map.load()).clone(),
             frame_bytes_max: FRAME_BYTES_MAX as u32,
             batch_ops_max: BATCH_OPS_MAX as u32,
         };
@@ -227,7 +232,9 @@ impl Conn {
             Vec::with_capacity(batch.ops.len());
         for op in batch.ops {
             let (tx, rx) = oneshot::channel();
-            let routed = authorize(&principal, &op).and_then(|()| route(&op));
+            let routed = authorize(&principal, &op)
+                .and_then(|()| route(&op))
+                .and_then(|shard| self.check_owner(shard));
             answers.push((*routed.as_ref().unwrap_or(&0), rx));
             match routed {
                 Ok(shard) => self.core.submit(
@@ -265,6 +272,23 @@ impl Conn {
         })
         .detach();
         Ok(())
+    }
+
+    /// On a core's own port, a shard this core does not own is `WrongShard`:
+    /// the client's map is out of date (the shard moved).
+    fn check_owner(&self, shard: u16) -> Result<u16, WireError> {
+        if !self.own_port {
+            return Ok(shard);
+        }
+        let map = self.core.map.load();
+        match map.owner_of(shard) {
+            Some(owner) if owner != self.core.id => Err(WireError::WrongShard {
+                shard,
+                owner_core: owner,
+                map_version: map.version,
+            }),
+            _ => Ok(shard),
+        }
     }
 
     async fn send(&self, request_id: u64, msg: &Message) -> Result<(), String> {

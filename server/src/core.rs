@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
 
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -27,7 +29,16 @@ use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireErr
 
 use crate::config::{FsyncMode, ServerConfig};
 use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
+use crate::metrics::{self, Shed};
 use crate::saga::{self, Sagas};
+
+mod control;
+pub use control::{Control, HotSkus, MoveDone, ShardOutcome};
+use control::{CoreAdmin, TopK};
+
+/// The shard map every core reads on each request; a shard move swaps in a
+/// new version (lock-free for readers).
+pub type SharedMap = Arc<ArcSwap<ShardMap>>;
 
 /// A request waiting for its shard, with where to send the answer.
 #[derive(Debug)]
@@ -75,6 +86,8 @@ struct Slot {
     queue: VecDeque<Pending>,
     in_ready: bool,
     tick_queued: bool,
+    /// The shard's most requested SKUs (moves with the shard).
+    hot: TopK,
 }
 
 /// The shards of one core and everything that drives them.
@@ -82,7 +95,7 @@ pub struct Core {
     /// This core's number.
     pub id: u16,
     /// Who owns what, and where each core listens.
-    pub map: Arc<ShardMap>,
+    pub map: SharedMap,
     /// Node configuration.
     pub config: Arc<ServerConfig>,
     /// Inboxes of every core (index = core), for forwarding.
@@ -95,6 +108,8 @@ pub struct Core {
     /// Checkout drivers and order effect runners of this core.
     pub sagas: Sagas,
     me: Weak<Core>,
+    /// Admin work: jobs for the committer, shards being moved away.
+    admin: CoreAdmin,
 }
 
 /// Wall-clock time in Unix ms: the only clock reading of the server, stamped on each batch.
@@ -109,7 +124,7 @@ impl Core {
     pub fn new(
         id: u16,
         shards: Vec<Shard>,
-        map: Arc<ShardMap>,
+        map: SharedMap,
         config: Arc<ServerConfig>,
         peers: Vec<flume::Sender<Forwarded>>,
     ) -> Rc<Self> {
@@ -123,6 +138,7 @@ impl Core {
                         queue: VecDeque::new(),
                         in_ready: false,
                         tick_queued: false,
+                        hot: TopK::default(),
                     },
                 )
             })
@@ -141,6 +157,7 @@ impl Core {
             stopping: Cell::new(false),
             sagas,
             me: me.clone(),
+            admin: CoreAdmin::default(),
         })
     }
 
@@ -165,7 +182,7 @@ impl Core {
 
     /// Sends `pending` to the core owning `shard` (this one or another).
     pub fn submit(&self, shard: ShardId, pending: Pending) {
-        let owner = self.map.owner_of(shard).unwrap_or(self.id);
+        let owner = self.map.load().owner_of(shard).unwrap_or(self.id);
         if owner == self.id {
             self.enqueue(shard, pending);
             return;
@@ -179,7 +196,10 @@ impl Core {
         };
         if let Err(e) = peer.try_send(Forwarded { shard, pending }) {
             let (f, reason) = match e {
-                flume::TrySendError::Full(f) => (f, None),
+                flume::TrySendError::Full(f) => {
+                    metrics::global().shed(Shed::ForwardQueue);
+                    (f, None)
+                }
                 flume::TrySendError::Disconnected(f) => (f, Some("owning core is stopping")),
             };
             let err = match reason {
@@ -200,13 +220,9 @@ impl Core {
     pub fn enqueue(&self, shard: ShardId, pending: Pending) -> bool {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(&shard) else {
-            let owner_core = self.map.owner_of(shard).unwrap_or(self.id);
-            pending.answer(Err(WireError::WrongShard {
-                shard,
-                owner_core,
-                map_version: self.map.version,
-            }));
-            return false;
+            drop(slots);
+            // Moved away, or being moved: see `control`.
+            return self.not_here(shard, pending);
         };
         if self.stopping.get() {
             pending.answer(Err(WireError::Unavailable {
@@ -216,6 +232,7 @@ impl Core {
             return false;
         }
         if slot.queue.len() >= SHARD_QUEUE_DEPTH_MAX {
+            metrics::global().shed(Shed::ShardQueue);
             pending.answer(Err(WireError::Overloaded {
                 retry_after_ms: RETRY_AFTER_MS,
             }));
@@ -242,6 +259,8 @@ impl Core {
     /// The committer: group commit, forever (until the node stops and the queues are empty).
     pub async fn run_committer(self: Rc<Self>) {
         loop {
+            // Admin jobs (snapshots, shard moves) run here, at a batch boundary.
+            self.run_admin_jobs();
             if self.ready.borrow().is_empty() {
                 if self.stopping.get() {
                     return;
@@ -262,6 +281,7 @@ impl Core {
     /// parallel on the blocking pool while this core keeps reading
     /// connections), then answer.
     pub async fn commit_round(&self) {
+        let started = Instant::now();
         let mut answers = self.apply_round();
         if self.config.fsync == FsyncMode::Always {
             self.barriers(&mut answers).await;
@@ -277,6 +297,9 @@ impl Core {
         }
         drop(slots);
         let me = self.me.upgrade();
+        for (id, _) in &answers {
+            metrics::global().record_commit(self.id, *id, started.elapsed());
+        }
         for (_, done) in answers {
             for (reply, r) in done {
                 // A checkout answers when its saga ends; an order action once
@@ -321,6 +344,8 @@ impl Core {
             let take = slot.queue.len().min(COMMIT_BATCH_MAX);
             let batch: Vec<Pending> = slot.queue.drain(..take).collect();
             let mut done = Vec::with_capacity(batch.len());
+            let started = Instant::now();
+            let m = metrics::global();
             for Pending { op, scope, reply } in batch {
                 if is_checkout_begin(&op) && !self.sagas.admits_checkout() {
                     done.push((
@@ -334,13 +359,17 @@ impl Core {
                 if matches!(&op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })) {
                     slot.tick_queued = false;
                 }
+                slot.hot.observe(&op);
+                let label = metrics::op_label(&op);
                 let result = execute(self.id, slot, op, &scope, now);
+                m.record_op(id, label, &result);
                 done.push((reply, result));
             }
             if let Err(e) = slot.shard.append_staged() {
                 tracing::error!(shard = id, error = %e, "log append failed; shard poisoned");
                 fail_mutations(&mut done, id, &e.to_string());
             }
+            m.record_apply(self.id, id, done.len(), started.elapsed());
             slot.in_ready = !slot.queue.is_empty();
             if slot.in_ready {
                 self.ready.borrow_mut().push_back(id);

@@ -3,14 +3,17 @@
 //! [`node`] starts one glommio executor per core and recovers the shards each
 //! owns; [`core`] is one executor's shards, queues and group commit; [`conn`]
 //! serves one client connection of the binary protocol; [`auth`] maps API keys
-//! to roles; [`config`] and [`limits`] hold the settings and bounds.
+//! to roles; [`config`] and [`limits`] hold the settings and bounds;
+//! [`admin`] serves the admin API (gRPC) and `/metrics` ([`metrics`]).
 
+pub mod admin;
 pub mod auth;
 pub mod checkout_config;
 pub mod config;
 pub mod conn;
 pub mod core;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod payments;
 pub mod saga;

@@ -27,7 +27,29 @@ pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 pub const SYNC_THREADS_PER_CORE: usize = 32;
 /// I/O memory each executor locks (glommio needs locked memory; see docs/operations.md).
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
+/// SKUs whose request counts each shard tracks for the hot-SKU list.
+pub const HOT_SKUS_TRACKED: usize = 32;
+/// Hot SKUs reported per shard.
+pub const HOT_SKUS_REPORTED: usize = 5;
+/// Admin messages waiting in one core's control inbox; past it, the admin call waits.
+pub const CONTROL_QUEUE_MAX: usize = 64;
+/// How long an admin call waits for a core's answer.
+pub const ADMIN_CORE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Moves one `rebalance` proposes or applies at most.
+pub const REBALANCE_MOVES_MAX: usize = 16;
+/// `rebalance` stops once the busiest and idlest cores differ by less than
+/// this fraction of the mean load per core.
+pub const REBALANCE_TOLERANCE: f64 = 0.10;
+/// Samples of per-shard operation counts the admin API keeps for ops/s
+/// (one per `RATE_SAMPLE_INTERVAL`).
+pub const RATE_SAMPLES: usize = 11;
+/// How often the admin API samples per-shard operation counts.
+pub const RATE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Concurrent admin API requests (connections beyond are served in turn).
+pub const ADMIN_CONCURRENCY_MAX: usize = 16;
 
+const _: () = assert!(HOT_SKUS_REPORTED <= HOT_SKUS_TRACKED);
+const _: () = assert!(RATE_SAMPLES >= 2);
 const _: () = assert!(COMMIT_BATCH_MAX <= SHARD_QUEUE_DEPTH_MAX);
 const _: () = assert!(reserva_protocol::limits::BATCH_OPS_MAX <= SHARD_QUEUE_DEPTH_MAX);
 

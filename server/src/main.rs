@@ -49,16 +49,40 @@ struct Args {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info")]
     log: String,
+    /// Log line format on stderr: text, or json (one JSON object per event).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Address of the admin API (gRPC) and /metrics, or "off". Without
+    /// --auth-file it must be a loopback address.
+    #[arg(long, default_value = "127.0.0.1:7701", value_parser = parse_admin)]
+    admin: AdminAddr,
+}
+
+/// `--admin`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+struct AdminAddr(Option<SocketAddr>);
+
+fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    if s == "off" {
+        return Ok(AdminAddr(None));
+    }
+    s.parse()
+        .map(|a| AdminAddr(Some(a)))
+        .map_err(|e| format!("invalid --admin {s:?}: {e} (expected IP:PORT or off)"))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -91,6 +115,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         io_memory_bytes: (args.io_memory_kib as usize).saturating_mul(1024),
         pin: !args.no_pin,
         checkout,
+        admin: args.admin.0,
     };
     reserva_server::node::run(config)
 }

@@ -25,11 +25,12 @@ use reserva_protocol::{CoreEndpoint, ShardMap};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{FsyncMode, ServerConfig};
-use crate::core::{Core, Forwarded, shutdown_requested};
+use crate::core::{Control, Core, Forwarded, SharedMap, shutdown_requested};
 use crate::limits::{
-    CONNECTIONS_PER_CORE_MAX, EFFECT_SWEEP_INTERVAL, FORWARD_QUEUE_MAX, SHUTDOWN_POLL,
-    SYNC_THREADS_PER_CORE, TICK_INTERVAL,
+    CONNECTIONS_PER_CORE_MAX, CONTROL_QUEUE_MAX, EFFECT_SWEEP_INTERVAL, FORWARD_QUEUE_MAX,
+    SHUTDOWN_POLL, SYNC_THREADS_PER_CORE, TICK_INTERVAL,
 };
+use crate::metrics::{self, GAUGE_PUBLISH_INTERVAL};
 
 /// The core that owns `shard` when the node has `cores` cores.
 pub fn initial_owner(shard: ShardId, cores: u16) -> u16 {
@@ -39,6 +40,17 @@ pub fn initial_owner(shard: ShardId, cores: u16) -> u16 {
 /// The directory of one shard.
 pub fn shard_dir(data: &std::path::Path, shard: ShardId) -> PathBuf {
     data.join("shards").join(format!("{shard:03}"))
+}
+
+/// How a shard's log and snapshots are configured on this node.
+pub fn shard_config(config: &ServerConfig) -> ShardConfig {
+    ShardConfig {
+        log: LogConfig {
+            segment_bytes: config.segment_bytes,
+            ..LogConfig::default()
+        },
+        snapshot_every_records: config.snapshot_every_records,
+    }
 }
 
 /// Binds `addr` with SO_REUSEPORT (and without listening) to hold the port,
@@ -66,6 +78,15 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             config.listen
         );
     }
+    if let Some(admin) = config.admin
+        && config.auth.is_none()
+        && !admin.ip().is_loopback()
+    {
+        bail!(
+            "refusing to serve the admin API on {admin} without --auth-file: without API keys it is served on loopback only \
+             (use --admin 127.0.0.1:PORT, or give --auth-file FILE with an admin key)"
+        );
+    }
     if config.cores == 0 || config.cores > SHARD_COUNT {
         bail!("--cores must be in 1..={SHARD_COUNT}");
     }
@@ -88,11 +109,19 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let owners = (0..SHARD_COUNT)
         .map(|s| initial_owner(s, config.cores))
         .collect();
-    let map = Arc::new(ShardMap {
+    let map: SharedMap = Arc::new(arc_swap::ArcSwap::from_pointee(ShardMap {
         version: 1,
         owners,
         cores,
-    });
+    }));
+    // Bound before the cores start, so a taken port fails start-up at once.
+    let admin_listener = match config.admin {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot bind the admin address {addr}"))?,
+        ),
+        None => None,
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
@@ -102,10 +131,13 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::bounded::<Forwarded>(FORWARD_QUEUE_MAX))
         .unzip();
+    let (control_tx, control_rx): (Vec<_>, Vec<_>) = (0..config.cores)
+        .map(|_| flume::bounded::<Control>(CONTROL_QUEUE_MAX))
+        .unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
-    for (core, inbox) in (0..config.cores).zip(inbox_rx) {
+    for ((core, inbox), control) in (0..config.cores).zip(inbox_rx).zip(control_rx) {
         let placement = if config.pin {
             Placement::Fixed(usize::from(core) % ncpu)
         } else {
@@ -117,6 +149,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             config: config.clone(),
             peers: inbox_tx.clone(),
             inbox,
+            control,
+            control_peers: control_tx.clone(),
             shutdown: shutdown.clone(),
             ready: ready_tx.clone(),
         };
@@ -154,16 +188,38 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let addrs: Vec<&str> = map.cores.iter().map(|c| c.addr.as_str()).collect();
-    tracing::info!(%listen, cores = config.cores, recovery_ms = started.elapsed().as_millis() as u64, "ready");
+    let recovery = started.elapsed();
+    metrics::global().started(config.cores, recovery, 1);
+    let admin = match admin_listener {
+        Some(listener) => Some(crate::admin::start(
+            listener,
+            crate::admin::AdminContext {
+                map: map.clone(),
+                control: control_tx.clone(),
+                config: config.clone(),
+            },
+        )?),
+        None => None,
+    };
+    drop(control_tx);
+    let admin_addr = admin
+        .as_ref()
+        .map_or_else(|| "off".to_string(), |a| a.addr.to_string());
+    let current = map.load();
+    let addrs: Vec<&str> = current.cores.iter().map(|c| c.addr.as_str()).collect();
+    tracing::info!(%listen, admin = %admin_addr, cores = config.cores, recovery_ms = recovery.as_millis() as u64, "ready");
     // Machine-readable start-up line (tests and scripts wait for it).
     println!(
-        "reserva-server ready listen={listen} cores={} core_addrs={} fsync={:?}",
+        "reserva-server ready listen={listen} cores={} core_addrs={} fsync={:?} admin={admin_addr}",
         config.cores,
         addrs.join(","),
         config.fsync
     );
+    drop(current);
     let failed = join_all(handles);
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     if !failed.is_empty() {
         bail!("{} executor(s) failed: {}", failed.len(), failed.join("; "));
     }
@@ -195,10 +251,12 @@ fn executor_help(error: &str) -> String {
 
 struct CoreContext {
     core: u16,
-    map: Arc<ShardMap>,
+    map: SharedMap,
     config: Arc<ServerConfig>,
     peers: Vec<flume::Sender<Forwarded>>,
     inbox: flume::Receiver<Forwarded>,
+    control: flume::Receiver<Control>,
+    control_peers: Vec<flume::Sender<Control>>,
     shutdown: Arc<AtomicBool>,
     ready: std::sync::mpsc::Sender<Result<u16, String>>,
 }
@@ -222,15 +280,26 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
     let core = Core::new(core_id, shards, ctx.map, ctx.config.clone(), ctx.peers);
     let committer = glommio::spawn_local(core.clone().run_committer());
     glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();
+    glommio::spawn_local(core.clone().run_control(ctx.control, ctx.control_peers)).detach();
     let connections = Rc::new(std::cell::Cell::new(0usize));
-    for listener in listeners {
-        glommio::spawn_local(accept_loop(core.clone(), listener, connections.clone())).detach();
+    // The first listener is the node's shared address, the second the core's own.
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let own_port = i == 1;
+        glommio::spawn_local(accept_loop(
+            core.clone(),
+            listener,
+            connections.clone(),
+            own_port,
+        ))
+        .detach();
     }
     crate::saga::resume(&core);
     glommio::spawn_local(crate::saga::sweep(core.clone(), EFFECT_SWEEP_INTERVAL)).detach();
+    core.publish_gauges();
     let _ = ctx.ready.send(Ok(core_id));
     let mut last_sync = Instant::now();
     let mut last_tick = Instant::now();
+    let mut last_gauges = Instant::now();
     while !shutdown_requested(&ctx.shutdown) {
         let poll = match ctx.config.fsync {
             FsyncMode::Interval(every) => every.min(SHUTDOWN_POLL),
@@ -240,6 +309,10 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         if last_tick.elapsed() >= TICK_INTERVAL {
             core.queue_ticks();
             last_tick = Instant::now();
+        }
+        if last_gauges.elapsed() >= GAUGE_PUBLISH_INTERVAL {
+            core.publish_gauges();
+            last_gauges = Instant::now();
         }
         if let FsyncMode::Interval(every) = ctx.config.fsync
             && last_sync.elapsed() >= every
@@ -270,14 +343,9 @@ fn open_shards(ctx: &CoreContext) -> Result<Vec<Shard>, String> {
     let started = Instant::now();
     let mut shards = Vec::new();
     let mut replayed = 0u64;
-    let cfg = ShardConfig {
-        log: LogConfig {
-            segment_bytes: ctx.config.segment_bytes,
-            ..LogConfig::default()
-        },
-        snapshot_every_records: ctx.config.snapshot_every_records,
-    };
-    for shard in (0..SHARD_COUNT).filter(|s| ctx.map.owner_of(*s) == Some(ctx.core)) {
+    let cfg = shard_config(&ctx.config);
+    let map = ctx.map.load();
+    for shard in (0..SHARD_COUNT).filter(|s| map.owner_of(*s) == Some(ctx.core)) {
         let dir = shard_dir(&ctx.config.data_dir, shard);
         let (s, report) = Shard::open(&dir, shard, cfg.clone()).map_err(|e| {
             format!(
@@ -305,6 +373,7 @@ fn open_shards(ctx: &CoreContext) -> Result<Vec<Shard>, String> {
 fn bind(ctx: &CoreContext) -> Result<Vec<TcpListener>, String> {
     let own = ctx
         .map
+        .load()
         .endpoint(ctx.core)
         .ok_or_else(|| format!("core {} missing from the shard map", ctx.core))?
         .addr
@@ -322,6 +391,7 @@ async fn accept_loop(
     core: Rc<Core>,
     listener: TcpListener,
     connections: Rc<std::cell::Cell<usize>>,
+    own_port: bool,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -346,7 +416,7 @@ async fn accept_loop(
         connections.set(connections.get() + 1);
         let (c, n) = (core.clone(), connections.clone());
         glommio::spawn_local(async move {
-            crate::conn::serve(c, stream).await;
+            crate::conn::serve(c, stream, own_port).await;
             n.set(n.get() - 1);
         })
         .detach();

@@ -31,11 +31,33 @@ pub fn server_binary() -> PathBuf {
     bin
 }
 
+/// The `reserva` admin CLI next to this test executable (built if missing).
+pub fn cli_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let bin = profile_dir.join("reserva");
+    if !bin.exists() {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "reserva-client", "--bin", "reserva"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building reserva failed");
+    }
+    bin
+}
+
 /// A running server process.
 pub struct Server {
     child: Option<Child>,
     /// The node's main address (`--listen`, port resolved).
     pub addr: String,
+    /// The admin API's address (`--admin`, port resolved), or `"off"`.
+    pub admin: String,
     /// Its data directory.
     pub data: PathBuf,
     args: Vec<String>,
@@ -49,6 +71,7 @@ impl Server {
         let mut s = Server {
             child: None,
             addr: String::new(),
+            admin: String::new(),
             data: data.to_path_buf(),
             args,
             env: Vec::new(),
@@ -68,6 +91,9 @@ impl Server {
         if !self.args.iter().any(|a| a == "--segment-kib") {
             cmd.args(["--segment-kib", "256"]);
         }
+        if !self.args.iter().any(|a| a == "--admin") {
+            cmd.args(["--admin", "127.0.0.1:0"]);
+        }
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
@@ -83,14 +109,20 @@ impl Server {
                         .next()
                         .unwrap_or_default()
                         .to_string();
-                    let _ = tx.send(addr);
+                    let admin = rest
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("admin="))
+                        .unwrap_or("off")
+                        .to_string();
+                    let _ = tx.send((addr, admin));
                 }
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
+            if let Ok((addr, admin)) = rx.recv_timeout(Duration::from_millis(100)) {
                 self.addr = addr;
+                self.admin = admin;
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -112,6 +144,7 @@ impl Server {
             child: None,
             addr: String::new(),
             data: data.to_path_buf(),
+            admin: String::new(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
@@ -140,6 +173,17 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Runs the `reserva` CLI against this server's admin address with `args`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(cli_binary())
+            .arg("--admin")
+            .arg(&self.admin)
+            .args(args)
+            .env_remove("RESERVA_TOKEN")
+            .output()
+            .expect("run reserva")
     }
 
     /// `kill -9`: no chance to flush anything.

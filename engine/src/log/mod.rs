@@ -21,6 +21,7 @@
 mod dir;
 mod error;
 mod format;
+mod inspect;
 pub mod limits;
 mod mmap;
 mod reader;
@@ -38,6 +39,7 @@ use std::path::{Path, PathBuf};
 use rkyv::util::AlignedVec;
 
 pub use error::LogError;
+pub use inspect::{DirInspection, SnapshotCheck, TornTail, inspect_dir, read_snapshot};
 pub use reader::{LogReader, RecordRef};
 
 use format::{
@@ -632,6 +634,27 @@ impl Log {
             dir::sync(&self.dir)?;
         }
         Ok(())
+    }
+
+    /// LSN of the newest snapshot on disk that is not known damaged (0: none).
+    pub fn last_snapshot_lsn(&self) -> Lsn {
+        self.snapshots
+            .iter()
+            .rev()
+            .find(|s| s.valid)
+            .map_or(0, |s| s.lsn)
+    }
+
+    /// Deletes every snapshot but the newest and every sealed segment the
+    /// newest covers: [`Log::write_snapshot`]'s pruning with one snapshot
+    /// kept. Recovery then has no older snapshot to fall back to.
+    pub fn compact(&mut self) -> Result<(), LogError> {
+        self.check_writable()?;
+        let kept = self.config.snapshots_kept;
+        self.config.snapshots_kept = 1;
+        let result = self.prune();
+        self.config.snapshots_kept = kept;
+        result
     }
 
     /// Test hook: the next barrier (in `sync` or at rollover) fails as if

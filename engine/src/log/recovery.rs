@@ -89,6 +89,58 @@ pub(crate) fn recover(
     apply(dir, &segs, stop, cut)
 }
 
+/// What a read-only look at the segments found (see [`inspect`]).
+#[derive(Debug)]
+pub(crate) struct Inspected {
+    /// LSN of the last record of the last complete batch (what recovery would keep).
+    pub last_lsn: Lsn,
+    /// Records after that which recovery would cut as a torn tail, and where
+    /// the walk stopped: segment, offset, reason.
+    pub tail: Option<(PathBuf, u64, Lsn, String)>,
+}
+
+/// Recovery's decision without its effects: walks the segments read-only,
+/// and fails with `Corrupt` (or `Gap`, or a header's hard error) exactly
+/// where [`recover`] would refuse to open. Nothing on disk changes.
+pub(crate) fn inspect(
+    shard: u16,
+    files: &[(Lsn, PathBuf)],
+    snapshot_lsn: Lsn,
+) -> Result<Inspected, LogError> {
+    let Some(&(first_lsn, _)) = files.first() else {
+        return Ok(Inspected {
+            last_lsn: snapshot_lsn,
+            tail: None,
+        });
+    };
+    if first_lsn > snapshot_lsn + 1 {
+        return Err(LogError::Gap {
+            shard,
+            first_in_log: first_lsn,
+            snapshot_lsn,
+        });
+    }
+    let segs = map_all(shard, files)?;
+    let (stop, batch_end) = walk(&segs);
+    let cut = cut_point(&segs, batch_end);
+    check_not_durable(shard, &segs, &stop, cut, snapshot_lsn)?;
+    let last_lsn = cut.map_or(segs[0].name_lsn - 1, |c| c.lsn);
+    let records_cut = stop.expected - 1 - last_lsn;
+    let clean = stop.reason == END_OF_RECORDS && records_cut == 0;
+    let tail = (!clean).then(|| {
+        (
+            segs[stop.at.seg].path.clone(),
+            stop.at.offset as u64,
+            records_cut,
+            stop.reason,
+        )
+    });
+    Ok(Inspected { last_lsn, tail })
+}
+
+/// The reason `walk` gives when it ran out of records without finding damage.
+const END_OF_RECORDS: &str = "end of valid records";
+
 fn map_all(shard: u16, files: &[(Lsn, PathBuf)]) -> Result<Vec<MappedSegment>, LogError> {
     let mut segs = Vec::with_capacity(files.len());
     for (lsn, path) in files {
@@ -140,7 +192,7 @@ fn walk(segs: &[MappedSegment]) -> (Stop, Option<Cut>) {
     let stop = Stop {
         at: prev_end,
         expected,
-        reason: "end of valid records".into(),
+        reason: END_OF_RECORDS.into(),
         scan_from: prev_end,
     };
     (stop, batch_end)

@@ -1,0 +1,480 @@
+//! Black-box tests of the admin API through the `reserva` CLI against real
+//! `reserva-server` processes: every command, credentials, `/metrics`, a
+//! shard move under concurrent load that loses and duplicates nothing, and
+//! `verify` finding damage in copied data directories.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reserva_client::{Client, ClientConfig, ClientError};
+use reserva_engine::ids::key_on_shard;
+use reserva_protocol::engine::{Currency, Money, ReserveLine};
+use reserva_tests::{Server, cli_binary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: Output) -> serde_json::Value {
+    let out = ok(o);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn eur(amount_minor: u64) -> Money {
+    Money {
+        amount_minor,
+        currency: Currency::parse("EUR").unwrap(),
+    }
+}
+
+async fn client(server: &Server) -> Client {
+    let mut config = ClientConfig::new("any-token");
+    config.retries = 10;
+    Client::connect(&server.addr, config).await.unwrap()
+}
+
+async fn http_get(addr: &str, path: &str, token: Option<&str>) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nhost: reserva\r\n{auth}connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_answers_against_a_real_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server).await;
+    let hot = key_on_shard("hot-", 9, 0);
+    c.upsert_sku(hot.as_str(), "s", "Hot item", eur(100))
+        .await
+        .unwrap();
+    c.set_stock(hot.as_str(), "w1", 1000).await.unwrap();
+    for i in 0..20 {
+        let line = vec![ReserveLine {
+            sku: hot.clone(),
+            qty: 1,
+        }];
+        c.reserve(format!("u{i}"), line, None, None).await.unwrap();
+    }
+
+    let status = json(server.cli(&["--output", "json", "status"]));
+    assert_eq!(status["cores"].as_array().unwrap().len(), 2);
+    assert_eq!(status["shard_map_version"], 1);
+    assert_eq!(status["fsync"], "always");
+    assert!(status["totals"]["ops"].as_u64().unwrap() >= 22, "{status}");
+    assert_eq!(status["totals"]["reservations_live"], 20);
+    let table = ok(server.cli(&["status"]));
+    assert!(table.contains("shard map   version 1"), "{table}");
+
+    let shards = json(server.cli(&["--output", "json", "shards"]));
+    let rows = shards["shards"].as_array().unwrap();
+    assert_eq!(rows.len(), 256);
+    let nine = &rows[9];
+    assert_eq!(nine["core"], 1);
+    assert_eq!(nine["reservations_live"], 20);
+    assert_eq!(nine["hot_skus"][0]["sku"], hot.as_str());
+    assert!(nine["lsn"].as_u64().unwrap() >= 22);
+    assert!(nine["p99_commit_us"].as_u64().unwrap() > 0, "{nine}");
+    let sorted = ok(server.cli(&["shards", "--sort", "hot", "--limit", "3"]));
+    let first_row = sorted.lines().nth(1).unwrap();
+    assert!(first_row.trim_start().starts_with("9 "), "{sorted}");
+    assert_eq!(sorted.lines().count(), 4, "{sorted}");
+    for key in ["ops", "queue", "log"] {
+        ok(server.cli(&["shards", "--sort", key]));
+    }
+
+    let snap = json(server.cli(&["--output", "json", "snapshot", "9"]));
+    assert!(snap["results"][0]["lsn"].as_u64().unwrap() >= 22, "{snap}");
+    ok(server.cli(&["snapshot", "--all"]));
+    let compact = json(server.cli(&["--output", "json", "compact", "9"]));
+    assert_eq!(compact["results"][0]["error"], "", "{compact}");
+    ok(server.cli(&["compact"]));
+    let top = ok(server.cli(&["top", "--iterations", "1", "--limit", "5"]));
+    assert!(top.contains("reserva top"), "{top}");
+    let plan = ok(server.cli(&["rebalance", "--dry-run"]));
+    assert!(plan.contains("ops/s before"), "{plan}");
+
+    // Bad input: a clear message and a non-zero exit.
+    for bad in [
+        &["shard", "move", "999", "--core", "0"][..],
+        &["shard", "move", "9", "--core", "7"],
+        &["shard", "move", "9", "--core", "1"],
+        &["snapshot", "300"],
+    ] {
+        let o = server.cli(bad);
+        assert!(!o.status.success(), "{bad:?} succeeded: {}", text(&o));
+        assert!(!o.stderr.is_empty(), "{bad:?}: no message");
+    }
+    // Every command has help.
+    for cmd in [
+        "status",
+        "shards",
+        "shard",
+        "rebalance",
+        "snapshot",
+        "compact",
+        "verify",
+        "top",
+    ] {
+        ok(server.cli(&[cmd, "--help"]));
+    }
+
+    let metrics = http_get(&server.admin, "/metrics", None).await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for name in [
+        "reserva_ops_total{op=\"reserve\"} 20",
+        "reserva_shard_queue_depth{shard=\"9\",core=\"1\"}",
+        "reserva_commit_latency_seconds_bucket",
+        "reserva_batch_size_bucket",
+        "reserva_shard_log_bytes",
+        "reserva_reservations_live 20",
+        "reserva_shed_total{queue=\"shard\"}",
+        "reserva_errors_total{error=\"insufficient_stock\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_auth_file_the_admin_api_needs_an_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        "[[keys]]\ntoken = \"admin-secret-1\"\nrole = \"admin\"\n\n[[keys]]\ntoken = \"alice-secret-1\"\nrole = \"customer\"\nuser_id = \"alice\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--auth-file", keys.to_str().unwrap()]);
+    let o = server.cli(&["status"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Unauthenticated"),
+        "{}",
+        text(&o)
+    );
+    let o = server.cli(&["--token", "alice-secret-1", "status"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PermissionDenied"),
+        "{}",
+        text(&o)
+    );
+    ok(server.cli(&["--token", "admin-secret-1", "status"]));
+    let denied = http_get(&server.admin, "/metrics", None).await;
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    let allowed = http_get(&server.admin, "/metrics", Some("admin-secret-1")).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+}
+
+#[test]
+fn admin_off_and_a_public_admin_address_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--admin", "off"]);
+    assert_eq!(server.admin, "off");
+    drop(server);
+    let o = Command::new(reserva_tests::server_binary())
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "0.0.0.0:0",
+            "--cores",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("admin"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// What the writers were told, per SKU: acknowledged reservation ids.
+type Acked = Arc<Mutex<Vec<(String, reserva_protocol::engine::ReservationId)>>>;
+
+async fn writer(c: Client, skus: Vec<String>, w: usize, n: usize, acked: Acked) {
+    for i in 0..n {
+        let sku = skus[(w + i) % skus.len()].clone();
+        let key = format!("w{w}-op{i}");
+        // Retried with the same key until it is answered: a retry never
+        // reserves twice, so at the end every op is applied exactly once.
+        let mut attempts = 0;
+        let r = loop {
+            let line = vec![ReserveLine {
+                sku: sku.clone(),
+                qty: 1,
+            }];
+            match c
+                .reserve(format!("user-{w}"), line, None, Some(key.clone()))
+                .await
+            {
+                Ok(r) => break r,
+                Err(ClientError::Server(e)) if !e.is_retryable() => panic!("op {key}: {e}"),
+                Err(e) => {
+                    attempts += 1;
+                    assert!(attempts < 200, "op {key} never answered: {e}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        acked.lock().unwrap().push((sku, r.reservation_id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_moves_under_load_and_loses_or_duplicates_nothing() {
+    const SHARD: u16 = 10; // core 0 of 2
+    const WRITERS: usize = 4;
+    const OPS: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let setup = client(&server).await;
+    let skus: Vec<String> = (0..4).map(|i| key_on_shard("move-", SHARD, i)).collect();
+    for sku in &skus {
+        setup
+            .upsert_sku(sku.as_str(), "s", "t", eur(1))
+            .await
+            .unwrap();
+        setup.set_stock(sku.as_str(), "w1", 100_000).await.unwrap();
+    }
+    let acked: Acked = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let c = client(&server).await;
+        tasks.push(tokio::spawn(writer(c, skus.clone(), w, OPS, acked.clone())));
+    }
+    // Move the shard away and back while the writers run.
+    let admin = server.admin.clone();
+    let mover = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            Command::new(cli_binary())
+                .arg("--admin")
+                .arg(&admin)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let first = ok(run(&["shard", "move", "10", "--core", "1"]));
+        std::thread::sleep(Duration::from_millis(150));
+        let second = json(run(&[
+            "--output", "json", "shard", "move", "10", "--core", "0",
+        ]));
+        (first, second)
+    });
+    let (first, second) = mover.await.unwrap();
+    assert!(first.contains("moved from core 0 to core 1"), "{first}");
+    assert_eq!(second["map_version"], 3, "{second}");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), WRITERS * OPS);
+    let check = |c: Client,
+                 acked: Vec<(String, reserva_protocol::engine::ReservationId)>,
+                 skus: Vec<String>| async move {
+        let ids: std::collections::BTreeSet<_> = acked.iter().map(|(_, id)| *id).collect();
+        assert_eq!(
+            ids.len(),
+            acked.len(),
+            "a reservation id was handed out twice"
+        );
+        for sku in &skus {
+            let n = acked.iter().filter(|(s, _)| s == sku).count() as u64;
+            let s = c.get_sku(sku.as_str()).await.unwrap().unwrap();
+            assert_eq!(
+                s.warehouses[0].reserved, n,
+                "{sku}: reserved differs from acknowledged ops"
+            );
+            assert_eq!(s.warehouses[0].on_hand, 100_000);
+        }
+        for (_, id) in acked.iter().step_by(37) {
+            assert!(c.get_reservation(*id).await.unwrap().is_some(), "{id} lost");
+        }
+    };
+    check(client(&server).await, acked.clone(), skus.clone()).await;
+    let status = json(server.cli(&["--output", "json", "status"]));
+    assert_eq!(status["shard_map_version"], 3);
+    assert_eq!(status["totals"]["shard_moves"], 2);
+    assert_eq!(status["totals"]["poisoned_shards"], 0);
+
+    // Durable and consistent across a restart, and the directory verifies clean.
+    assert!(server.terminate().success());
+    let report = ok(Command::new(cli_binary())
+        .args(["verify", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap());
+    assert!(report.contains("OK: 256 shards"), "{report}");
+    server.restart();
+    check(client(&server).await, acked, skus).await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn shard_files(data: &Path, shard: u16, prefix: &str) -> Vec<std::path::PathBuf> {
+    let dir = data.join("shards").join(format!("{shard:03}"));
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn verify(data: &Path) -> Output {
+    Command::new(cli_binary())
+        .args(["verify", "--data"])
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_flipped_bit_a_truncated_segment_and_a_missing_snapshot() {
+    const SHARD: u16 = 3;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut server = Server::start(&data, &["--segment-kib", "64", "--snapshot-every", "500"]);
+    let c = client(&server).await;
+    let skus: Vec<String> = (0..20).map(|i| key_on_shard("v-", SHARD, i)).collect();
+    for sku in &skus {
+        c.upsert_sku(sku.as_str(), "s", "a title", eur(5))
+            .await
+            .unwrap();
+    }
+    for round in 0..100u64 {
+        let ops = skus
+            .iter()
+            .map(|sku| {
+                reserva_protocol::Op::Mutate(reserva_protocol::engine::Request::new(
+                    reserva_protocol::engine::Command::SetStock {
+                        sku: sku.clone(),
+                        warehouse: "w1".into(),
+                        on_hand: round,
+                    },
+                ))
+            })
+            .collect();
+        for r in c.batch(ops).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    drop(c);
+    assert!(server.terminate().success());
+    let segments = shard_files(&data, SHARD, "seg-0");
+    assert!(segments.len() >= 2, "{segments:?}");
+    assert!(
+        !segments[0].ends_with("seg-00000000000000000001.log"),
+        "segments were not pruned"
+    );
+    assert!(!shard_files(&data, SHARD, "snap-").is_empty());
+    let report = ok(verify(&data));
+    assert!(report.contains("OK: 256 shards"), "{report}");
+
+    // A flipped bit in a record of the oldest segment.
+    let flipped = root.path().join("flipped");
+    copy_dir(&data, &flipped);
+    let seg = shard_files(&flipped, SHARD, "seg-0")[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[64 + 40] ^= 0x04;
+    std::fs::write(&seg, &bytes).unwrap();
+    let o = verify(&flipped);
+    assert!(!o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let expected = format!(
+        "FAULT corrupt shard {SHARD} file {} offset 64",
+        seg.display()
+    );
+    assert!(out.contains(&expected), "{out}");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "verify modified the segment"
+    );
+
+    // A truncated segment.
+    let truncated = root.path().join("truncated");
+    copy_dir(&data, &truncated);
+    let seg = shard_files(&truncated, SHARD, "seg-0")[0].clone();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(10_000)
+        .unwrap();
+    let o = verify(&truncated);
+    assert!(!o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let expected = format!(
+        "FAULT truncated shard {SHARD} file {} offset 10000",
+        seg.display()
+    );
+    assert!(out.contains(&expected), "{out}");
+
+    // Missing snapshots: the pruned log no longer starts at LSN 1.
+    let missing = root.path().join("missing");
+    copy_dir(&data, &missing);
+    for snap in shard_files(&missing, SHARD, "snap-") {
+        std::fs::remove_file(snap).unwrap();
+    }
+    let o = verify(&missing);
+    assert!(!o.status.success(), "{}", text(&o));
+    let out = json(
+        Command::new(cli_binary())
+            .args(["--output", "json", "verify", "--data"])
+            .arg(&missing)
+            .output()
+            .map(|mut o| {
+                // `json` wants success; the report itself carries the faults.
+                o.status = std::process::ExitStatus::default();
+                o
+            })
+            .unwrap(),
+    );
+    assert_eq!(out["ok"], false);
+    let gap = out["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "gap")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(gap["shard"], SHARD);
+
+    // The original still recovers and serves.
+    server.restart();
+    let c = client(&server).await;
+    let s = c.get_sku(skus[0].as_str()).await.unwrap().unwrap();
+    assert_eq!(s.warehouses[0].on_hand, 99);
+}
