@@ -22,7 +22,9 @@ wait_port() { # PORT SECONDS
     return 1
 }
 
-# CPU ticks (USER_HZ, 100/s) of a process and all of its descendants.
+# CPU ticks (USER_HZ, 100/s) of a process and all of its descendants,
+# including children already reaped (cutime, cstime): PostgreSQL's backends
+# exit when the load generator disconnects.
 tree_ticks() { # PID
     local pids
     pids=$(ps -e -o pid=,ppid= | awk -v root="$1" '
@@ -35,7 +37,7 @@ tree_ticks() { # PID
         }')
     local total=0 t
     for p in $pids; do
-        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
         total=$(( total + t ))
     done
     echo "$total"
