@@ -1,0 +1,41 @@
+//! Every bound the load generator keeps, in one place.
+
+use std::time::Duration;
+
+/// SKUs a catalogue may have.
+pub const SKUS_MAX: usize = 1 << 24;
+/// Warehouses per SKU (reserva allows 64).
+pub const WAREHOUSES_MAX: usize = 64;
+/// Lines of one reserve or checkout unit.
+pub const LINES_PER_UNIT_MAX: usize = 3;
+/// Units in flight (sent, not yet answered) in open loop. Past it, new units
+/// are not sent and count as `loadgen_backlog` errors: the target is not
+/// keeping up and the run's memory stays bounded.
+pub const IN_FLIGHT_UNITS_MAX: u64 = 1 << 20;
+/// Units handed to one batch task (one step per target call).
+pub const UNITS_PER_BATCH_MAX: usize = 4_096;
+/// How often the open-loop scheduler wakes to send the units that are due.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Largest latency the histograms hold (longer ones are clamped to it).
+pub const LATENCY_US_MAX: u64 = 120_000_000;
+/// Closed-loop workers.
+pub const CONCURRENCY_MAX: usize = 65_536;
+/// Connections a binding opens.
+pub const CONNECTIONS_MAX: usize = 4_096;
+/// Acknowledged order ids kept for `--verify`; past it the rest are counted
+/// but not checked one by one.
+pub const ORDERS_TRACKED_MAX: usize = 20_000_000;
+/// Operations per seeding request (one batch, pipeline or statement).
+pub const SEED_CHUNK_SKUS: usize = 1_000;
+/// Seeding requests in flight at once.
+pub const SEED_IN_FLIGHT: usize = 64;
+/// Operations per verification request.
+pub const VERIFY_CHUNK: usize = 1_000;
+/// Steps of a `--rate max` search (doubling, then bisecting).
+pub const RATE_SEARCH_STEPS_MAX: usize = 24;
+/// Seconds of per-second history kept for the report and the plot.
+pub const SECONDS_MAX: usize = 24 * 60 * 60;
+
+const _: () = assert!(UNITS_PER_BATCH_MAX as u64 <= IN_FLIGHT_UNITS_MAX);
+const _: () = assert!(LINES_PER_UNIT_MAX >= 1);
+const _: () = assert!(WAREHOUSES_MAX <= 64);

@@ -1,0 +1,149 @@
+//! Black-box tests of `reserva-loadgen` against a real `reserva-server`:
+//! a clean run reconciles, and `--verify` catches stock that moved behind
+//! the load generator's back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use reserva_client::{Client, ClientConfig};
+use reserva_protocol::engine::ReserveLine;
+use reserva_tests::Server;
+
+/// The `reserva-loadgen` binary next to this test executable (built if missing).
+fn loadgen_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let bin = profile_dir.join("reserva-loadgen");
+    if !bin.exists() {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "reserva-loadgen", "--bin", "reserva-loadgen"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().expect("run cargo build").success(),
+            "building reserva-loadgen failed"
+        );
+    }
+    bin
+}
+
+const CATALOG: [&str; 6] = ["--skus", "500", "--warehouses", "2", "--stock", "100000"];
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(loadgen_binary())
+        .args(args)
+        .output()
+        .expect("run reserva-loadgen")
+}
+
+fn seed(target: &str) {
+    let mut args = vec!["seed", "--target", target];
+    args.extend(CATALOG);
+    let out = loadgen(&args);
+    assert!(
+        out.status.success(),
+        "seed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_clean_reserve_run_reconciles_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let target = format!("reserva://{}", server.addr);
+    seed(&target);
+    let json = dir.path().join("report.json");
+    let json_arg = json.to_str().unwrap();
+    let mut args = vec![
+        "run",
+        "--target",
+        &target,
+        "--scenario",
+        "reserve",
+        "--rate",
+        "500",
+        "--duration",
+        "2s",
+        "--verify",
+        "--quiet",
+        "--json",
+        json_arg,
+    ];
+    args.extend(CATALOG);
+    let out = loadgen(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run failed: {stderr}");
+    assert!(stderr.contains("verify: OK"), "{stderr}");
+    let report = std::fs::read_to_string(&json).unwrap();
+    for field in [
+        "\"scenario\": \"reserve\"",
+        "\"target_rate_per_s\"",
+        "\"achieved_ops_per_s\"",
+        "\"latency_us\"",
+        "\"p999\"",
+        "\"shed\"",
+        "\"ok\": true",
+    ] {
+        assert!(report.contains(field), "{field} missing from {report}");
+    }
+}
+
+#[test]
+fn verify_fails_loudly_when_stock_moves_behind_the_load_generator() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let target = format!("reserva://{}", server.addr);
+    seed(&target);
+    let mut args: Vec<String> = [
+        "run",
+        "--target",
+        &target,
+        "--scenario",
+        "reserve",
+        "--rate",
+        "200",
+        "--duration",
+        "4s",
+        "--verify",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(CATALOG.iter().map(|s| s.to_string()));
+    let child = Command::new(loadgen_binary())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn reserva-loadgen");
+    // After the load generator's first reading of the stock, deduct units it
+    // never asked for: its reconciliation must call them out.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Client::connect(&server.addr, ClientConfig::new("any"))
+            .await
+            .unwrap();
+        let lines = vec![ReserveLine {
+            sku: "sku-7".into(),
+            qty: 3,
+        }];
+        let r = c.reserve("intruder", lines, None, None).await.unwrap();
+        c.confirm(r.reservation_id).await.unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("verify: FAILED"), "{stderr}");
+    assert!(stderr.contains("PHANTOM sku-7"), "{stderr}");
+}
