@@ -21,7 +21,8 @@ pub use frame::{
     encode_results, message_to_vec,
 };
 pub use message::{
-    Batch, CoreEndpoint, Hello, HelloOk, Op, OpResult, Query, Reply, Results, ShardMap, ShardStats,
+    Batch, CoreEndpoint, Hello, HelloOk, Op, OpResult, OrderKey, Query, Reply, Results,
+    SalesSummary, ShardMap, ShardStats, SkuSales, SkuSummary, UserEvent, UserEventKind,
 };
 pub use route::route;
 
@@ -29,7 +30,9 @@ pub use route::route;
 /// only this crate.
 pub mod engine {
     pub use reserva_engine::ids::{OrderId, ReservationId, ShardId, key_on_shard, shard_of};
+    pub use reserva_engine::limits;
     pub use reserva_engine::limits::SHARD_COUNT;
+    pub use reserva_engine::sm::queries;
     pub use reserva_engine::sm::{
         Allocation, CartItem, Command, Currency, EngineError, Money, Order, OrderLine, OrderStatus,
         Outcome, Request, Reservation, ReserveLine, Sku, StatusChange, WarehouseStock,

@@ -93,7 +93,10 @@ fn route_query(query: &Query) -> Result<ShardId, WireError> {
             Ok(shard)
         }
         Query::GetCart { user_id } => Ok(shard_of(user_id)),
-        Query::ShardStats { shard } => {
+        Query::ShardStats { shard }
+        | Query::SellerSkus { shard, .. }
+        | Query::SellerOrders { shard, .. }
+        | Query::SellerAnalytics { shard, .. } => {
             if *shard >= SHARD_COUNT {
                 return Err(WireError::invalid(format!(
                     "shard {shard} does not exist (0..{SHARD_COUNT})"
@@ -101,5 +104,6 @@ fn route_query(query: &Query) -> Result<ShardId, WireError> {
             }
             Ok(*shard)
         }
+        Query::UserEvents { user_id, .. } => Ok(shard_of(user_id)),
     }
 }

@@ -26,7 +26,8 @@ use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
 use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
 
 use crate::config::{FsyncMode, ServerConfig};
-use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
+use crate::events::EventRing;
+use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SCAN_ORDERS_MAX, SHARD_QUEUE_DEPTH_MAX};
 
 /// A request waiting for its shard, with where to send the answer.
 #[derive(Debug)]
@@ -71,6 +72,7 @@ pub struct Forwarded {
 
 struct Slot {
     shard: Shard,
+    events: EventRing,
     queue: VecDeque<Pending>,
     in_ready: bool,
     tick_queued: bool,
@@ -115,6 +117,7 @@ impl Core {
                 (
                     s.id(),
                     Slot {
+                        events: EventRing::new(s.last_lsn()),
                         shard: s,
                         queue: VecDeque::new(),
                         in_ready: false,
@@ -278,7 +281,16 @@ impl Core {
                 if matches!(&op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })) {
                     slot.tick_queued = false;
                 }
+                let watched = watched_command(&op);
+                let before = slot.shard.staged_lsn();
                 let result = execute(self.id, slot, op, &scope, now);
+                if let (Some(command), Ok(Reply::Outcome(outcome))) = (&watched, &result) {
+                    let seq = slot.shard.staged_lsn();
+                    if seq > before {
+                        let state = slot.shard.state();
+                        slot.events.record(state, seq, now, command, outcome);
+                    }
+                }
                 done.push((reply, result));
             }
             if let Err(e) = slot.shard.append_staged() {
@@ -434,6 +446,22 @@ fn fail_mutations(done: &mut [Answer], shard: ShardId, reason: &str) {
     }
 }
 
+/// The command of a mutation that may change a user's cart or orders (what
+/// the live-update ring records), cloned before it is applied.
+fn watched_command(op: &Op) -> Option<Command> {
+    match op {
+        Op::Mutate(r) => match &r.command {
+            Command::CartSet { .. }
+            | Command::CartRemove { .. }
+            | Command::CartClear { .. }
+            | Command::CreateOrder { .. }
+            | Command::SetOrderStatus { .. } => Some(r.command.clone()),
+            _ => None,
+        },
+        Op::Query(_) => None,
+    }
+}
+
 /// Runs one operation on a shard at its place in the batch.
 fn execute(core: u16, slot: &mut Slot, op: Op, scope: &Scope, now: u64) -> OpResult {
     let id = slot.shard.id();
@@ -467,6 +495,7 @@ fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
         Scope::Seller(seller) => match op {
             Op::Mutate(r) => seller_owns(state, &r.command, seller),
             Op::Query(Query::GetSku { .. } | Query::ShardStats { .. }) => Ok(()),
+            Op::Query(Query::SellerSkus { seller_id, .. }) if seller_id == seller => Ok(()),
             Op::Query(_) => deny("a seller may not read users' carts, orders or reservations"),
         },
         Scope::Customer(me) => {
@@ -573,10 +602,22 @@ fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
                 idempotency_records: idem as u64,
             }))
         }
+        Query::SellerSkus { .. }
+        | Query::SellerOrders { .. }
+        | Query::SellerAnalytics { .. }
+        | Query::UserEvents { .. } => crate::listings::answer(slot_view(slot), q),
     }
 }
 
 /// Whether `shutdown` was requested.
 pub fn shutdown_requested(flag: &AtomicBool) -> bool {
     flag.load(Ordering::Relaxed)
+}
+
+fn slot_view(slot: &Slot) -> crate::listings::ShardView<'_> {
+    crate::listings::ShardView {
+        state: slot.shard.state(),
+        events: &slot.events,
+        scan_orders_max: SCAN_ORDERS_MAX,
+    }
 }

@@ -9,5 +9,8 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod core;
+pub mod events;
+pub mod http;
 pub mod limits;
+pub mod listings;
 pub mod node;

@@ -36,18 +36,23 @@ pub struct Server {
     child: Option<Child>,
     /// The node's main address (`--listen`, port resolved).
     pub addr: String,
+    /// The embedded REST gateway's address (`http=` of the ready line), if on.
+    pub http: Option<String>,
     /// Its data directory.
     pub data: PathBuf,
     args: Vec<String>,
 }
 
 impl Server {
-    /// Starts a server on `data` with `127.0.0.1:0` and `extra` arguments; waits until it is ready.
+    /// Starts a server on `data` with `127.0.0.1:0` (and the REST gateway on
+    /// `127.0.0.1:0` unless `extra` names `--http`) and `extra` arguments;
+    /// waits until it is ready.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = Server {
             child: None,
             addr: String::new(),
+            http: None,
             data: data.to_path_buf(),
             args,
         };
@@ -66,6 +71,9 @@ impl Server {
         if !self.args.iter().any(|a| a == "--segment-kib") {
             cmd.args(["--segment-kib", "256"]);
         }
+        if !self.args.iter().any(|a| a == "--http") {
+            cmd.args(["--http", "127.0.0.1:0"]);
+        }
         cmd.args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -80,14 +88,19 @@ impl Server {
                         .next()
                         .unwrap_or_default()
                         .to_string();
-                    let _ = tx.send(addr);
+                    let http = rest
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("http="))
+                        .map(str::to_owned);
+                    let _ = tx.send((addr, http));
                 }
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
+            if let Ok((addr, http)) = rx.recv_timeout(Duration::from_millis(100)) {
                 self.addr = addr;
+                self.http = http;
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {

@@ -10,6 +10,7 @@ mod error;
 mod image;
 mod inventory;
 mod orders;
+pub mod queries;
 mod state;
 mod types;
 mod validate;
