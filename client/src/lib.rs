@@ -11,12 +11,14 @@
 
 pub mod auth;
 mod client;
+mod commerce;
 mod conn;
 mod error;
 pub mod limits;
 mod ops;
 
 pub use client::{Client, ClientConfig, new_idempotency_key};
+pub use commerce::{CheckoutRequest, CheckoutResult, PaymentInput};
 pub use error::{ClientError, HandshakeError};
 pub use ops::{OrderCreated, Reserved, StockLevel};
 /// The protocol crate: messages, errors, routing, and the engine types they carry.

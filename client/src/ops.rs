@@ -325,5 +325,6 @@ fn command_name(command: &Command) -> &'static str {
         Command::CartRemove { .. } => "CartRemove",
         Command::CartClear { .. } => "CartClear",
         Command::Tick { .. } => "Tick",
+        Command::Commerce(_) => "Commerce",
     }
 }

@@ -115,6 +115,17 @@ minted_id!(
     "An order, minted by the shard of the user who placed it."
 );
 
+minted_id!(
+    CheckoutId,
+    "chk",
+    "A checkout (the saga that places an order), minted by the shard of the user who started it."
+);
+minted_id!(
+    ReturnId,
+    "ret",
+    "A return of some lines of an order, minted by the shard that holds the order."
+);
+
 /// The first key `"{prefix}{n}"` (n = 0, 1, ...) that lands on `shard`:
 /// handy for tests and tools that need keys owned by a given shard.
 ///

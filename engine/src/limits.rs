@@ -50,6 +50,43 @@ pub const CART_ITEMS_MAX: usize = 200;
 /// Lines in one order.
 pub const ORDER_LINES_MAX: usize = 64;
 
+/// Longest field of a shipping address (name, lines, city, region, postal code), in bytes.
+pub const ADDRESS_FIELD_BYTES_MAX: usize = 128;
+/// Checkouts one shard keeps (running ones plus finished ones for `CHECKOUT_RETENTION_MS`).
+pub const CHECKOUTS_MAX: usize = 1 << 22;
+/// How long a finished checkout stays readable (and answers retries): 24 hours.
+pub const CHECKOUT_RETENTION_MS: u64 = 24 * 60 * 60 * 1_000;
+/// Per-shard holds (one per SKU shard) one checkout may take: at most one per line.
+pub const CHECKOUT_HOLDS_MAX: usize = ORDER_LINES_MAX;
+/// Store-credit accounts one shard keeps.
+pub const CREDIT_ACCOUNTS_MAX: usize = 1 << 22;
+/// Balance of one store-credit account, in minor units.
+pub const CREDIT_BALANCE_MINOR_MAX: u64 = 1 << 48;
+/// Users one shard keeps fraud history for (first seen, recent checkouts, cards).
+pub const USERS_TRACKED_MAX: usize = 1 << 22;
+/// Recent checkout times kept per user for velocity rules.
+pub const USER_RECENT_CHECKOUTS_MAX: usize = 64;
+/// Distinct cards remembered per user.
+pub const USER_CARDS_MAX: usize = 32;
+/// Cards one shard counts uses of for velocity rules; past it, new cards count as unseen.
+pub const CARDS_TRACKED_MAX: usize = 1 << 20;
+/// Recent uses kept per card.
+pub const CARD_RECENT_USES_MAX: usize = 64;
+/// Longest window a fraud velocity rule may look back over (24 hours).
+pub const FRAUD_WINDOW_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+/// Fraud reasons stored on an order.
+pub const FRAUD_REASONS_MAX: usize = 8;
+/// Tracking events kept per shipment.
+pub const TRACKING_EVENTS_MAX: usize = 64;
+/// Returns one order may have.
+pub const RETURNS_PER_ORDER_MAX: usize = 16;
+/// Side effects (restocks, payment calls) one order may have queued over its life.
+pub const ORDER_EFFECTS_MAX: usize = 256;
+/// Status changes kept in an order's history.
+pub const ORDER_HISTORY_MAX: usize = 64;
+/// Checkouts one `Tick` may forget after their retention.
+pub const TICK_CHECKOUT_PRUNES_MAX: usize = 4_096;
+
 /// Reservations one `Tick` may expire; the rest wait for the next tick.
 pub const TICK_EXPIRIES_MAX: usize = 4_096;
 /// Idempotency records one `Tick` may prune.

@@ -457,8 +457,20 @@ fn replay_one(state: &mut ShardState, record: &RecordRef<'_>) -> Result<(), Shar
 
 fn decode_snapshot(shard: ShardId, lsn: Lsn, payload: &[u8]) -> Result<ShardState, ShardError> {
     let bad = |reason: String| ShardError::BadSnapshot { shard, lsn, reason };
-    let image =
-        rkyv::from_bytes::<StateImage, rancor::Error>(payload).map_err(|e| bad(e.to_string()))?;
+    // The current image layout first; snapshots written before checkouts
+    // existed hold version 1.
+    let image = match rkyv::from_bytes::<StateImage, rancor::Error>(payload) {
+        Ok(image) if image.version == crate::sm::IMAGE_VERSION => image,
+        first => match rkyv::from_bytes::<crate::sm::StateImageV1, rancor::Error>(payload) {
+            Ok(v1) if v1.version == 1 => StateImage::from(v1),
+            _ => {
+                return Err(bad(match first {
+                    Ok(image) => format!("unknown state image version {}", image.version),
+                    Err(e) => e.to_string(),
+                }));
+            }
+        },
+    };
     if image.shard != shard {
         return Err(bad(format!("image is of shard {}", image.shard)));
     }

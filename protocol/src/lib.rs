@@ -9,6 +9,7 @@
 //!
 //! This crate depends on no async runtime and does no I/O.
 
+pub mod card;
 pub mod error;
 pub mod frame;
 pub mod limits;
@@ -29,10 +30,19 @@ pub use route::route;
 /// The engine types the messages carry, re-exported so that a client needs
 /// only this crate.
 pub mod engine {
-    pub use reserva_engine::ids::{OrderId, ReservationId, ShardId, key_on_shard, shard_of};
+    pub use reserva_engine::ids::{
+        CheckoutId, OrderId, ReservationId, ReturnId, ShardId, key_on_shard, shard_of,
+    };
     pub use reserva_engine::limits;
     pub use reserva_engine::limits::SHARD_COUNT;
     pub use reserva_engine::sm::queries;
+    pub use reserva_engine::sm::{
+        Address, CardUses, Checkout, CheckoutSource, CheckoutState, CommerceCommand,
+        CommerceOutcome, CreditAccount, DeliveryEstimate, Effect, EffectKind, FraudDecision,
+        FraudResult, FraudRules, Fulfilment, Hold, OrderAction, Payment, PaymentMethod,
+        PaymentStatus, PricedLine, ReturnAction, ReturnRecord, ReturnStatus, Shipment,
+        TrackingEvent,
+    };
     pub use reserva_engine::sm::{
         Allocation, CartItem, Command, Currency, EngineError, Money, Order, OrderLine, OrderStatus,
         Outcome, Request, Reservation, ReserveLine, Sku, StatusChange, WarehouseStock,

@@ -1,8 +1,11 @@
 //! The messages frames carry: one Rust type per opcode, archived with rkyv.
 
-use reserva_engine::ids::{OrderId, ReservationId, ShardId};
+use reserva_engine::ids::{CheckoutId, OrderId, ReservationId, ReturnId, ShardId};
 use reserva_engine::limits::SHARD_COUNT;
-use reserva_engine::sm::{CartItem, Money, Order, OrderStatus, Outcome, Request, Reservation, Sku};
+use reserva_engine::sm::{
+    CartItem, Checkout, CreditAccount, Money, Order, OrderStatus, Outcome, Request, Reservation,
+    Sku,
+};
 
 use crate::error::WireError;
 use crate::limits::{ADDR_BYTES_MAX, CORES_MAX};
@@ -202,6 +205,21 @@ pub enum Query {
         /// The shard, `0..SHARD_COUNT`.
         shard: u16,
     },
+    /// A checkout (running, or finished within its retention). Answer: [`Reply::Checkout`].
+    GetCheckout {
+        /// Checkout id.
+        id: CheckoutId,
+    },
+    /// A user's store-credit account. Answer: [`Reply::Credit`] (`None` if none).
+    GetCredit {
+        /// The user.
+        user_id: String,
+    },
+    /// The order a return belongs to. Answer: [`Reply::Order`].
+    GetReturn {
+        /// Return id.
+        id: ReturnId,
+    },
     /// One shard's SKUs of a seller (a scatter-gather leg), sorted by SKU.
     /// Answer: [`Reply::SellerSkus`].
     SellerSkus {
@@ -375,6 +393,10 @@ pub enum Reply {
     Cart(Vec<CartItem>),
     /// `ShardStats`.
     ShardStats(ShardStats),
+    /// `GetCheckout`.
+    Checkout(Box<Checkout>),
+    /// `GetCredit`.
+    Credit(Option<CreditAccount>),
     /// `SellerSkus`.
     SellerSkus {
         /// Sorted by SKU.

@@ -5,7 +5,7 @@
 
 use reserva_engine::ids::{ShardId, shard_of};
 use reserva_engine::limits::SHARD_COUNT;
-use reserva_engine::sm::{Command, ReserveLine};
+use reserva_engine::sm::{Command, CommerceCommand, ReserveLine};
 
 use crate::error::WireError;
 use crate::limits::LIST_ORDERS_LIMIT_MAX;
@@ -42,6 +42,28 @@ fn route_command(command: &Command) -> Result<ShardId, WireError> {
         Command::SetOrderStatus { order_id, .. } => Ok(order_id.shard()),
         Command::Tick { .. } => Err(WireError::invalid(
             "Tick is issued by the server only; clients may not send it",
+        )),
+        Command::Commerce(c) => route_commerce(c),
+    }
+}
+
+fn route_commerce(command: &CommerceCommand) -> Result<ShardId, WireError> {
+    use CommerceCommand as C;
+    match command {
+        C::CheckoutBegin { user_id, .. } | C::CreditGrant { user_id, .. } => Ok(shard_of(user_id)),
+        C::Order { order_id, .. } | C::ReturnRequest { order_id, .. } => Ok(order_id.shard()),
+        C::Return { return_id, .. } => Ok(return_id.shard()),
+        C::CheckoutReserved { .. }
+        | C::CheckoutScore { .. }
+        | C::CheckoutAuthorized { .. }
+        | C::CheckoutCreateOrder { .. }
+        | C::CheckoutStockConfirmed { .. }
+        | C::CheckoutFinish { .. }
+        | C::CheckoutFail { .. }
+        | C::CheckoutCompensated { .. }
+        | C::CardUse { .. }
+        | C::EffectDone { .. } => Err(WireError::invalid(
+            "checkout saga steps are issued by the server only; clients may not send them",
         )),
     }
 }
@@ -92,7 +114,9 @@ fn route_query(query: &Query) -> Result<ShardId, WireError> {
             }
             Ok(shard)
         }
-        Query::GetCart { user_id } => Ok(shard_of(user_id)),
+        Query::GetCart { user_id } | Query::GetCredit { user_id } => Ok(shard_of(user_id)),
+        Query::GetCheckout { id } => Ok(id.shard()),
+        Query::GetReturn { id } => Ok(id.shard()),
         Query::ShardStats { shard }
         | Query::SellerSkus { shard, .. }
         | Query::SellerOrders { shard, .. }

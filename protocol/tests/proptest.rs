@@ -211,6 +211,7 @@ fn order() -> impl Strategy<Value = Order> {
                 ship_to,
                 status,
                 history,
+                fulfilment: None,
             },
         )
 }

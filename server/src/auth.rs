@@ -1,7 +1,7 @@
 //! What each role may do on the binary protocol. The auth file itself (keys,
 //! roles, tiers) is parsed by [`reserva_client::auth`], shared with the gateway.
 
-use reserva_protocol::engine::Command;
+use reserva_protocol::engine::{Command, CommerceCommand, OrderAction};
 use reserva_protocol::{Op, Query, WireError};
 
 pub use reserva_client::auth::{AuthTable, KEYS_MAX, Principal, Role, TOKEN_BYTES_MAX};
@@ -26,12 +26,19 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                 }
             };
             match op {
+                // Ownership of ids is checked on the owning shard (`core::owns`).
                 Op::Query(
-                    Query::GetSku { .. } | Query::GetReservation { .. } | Query::GetOrder { .. },
+                    Query::GetSku { .. }
+                    | Query::GetReservation { .. }
+                    | Query::GetOrder { .. }
+                    | Query::GetCheckout { .. }
+                    | Query::GetReturn { .. },
                 ) => Ok(()),
-                Op::Query(Query::ListOrders { user_id, .. } | Query::GetCart { user_id }) => {
-                    own(user_id)
-                }
+                Op::Query(
+                    Query::ListOrders { user_id, .. }
+                    | Query::GetCart { user_id }
+                    | Query::GetCredit { user_id },
+                ) => own(user_id),
                 Op::Query(Query::ShardStats { .. }) => deny("read shard stats"),
                 Op::Query(Query::UserEvents { user_id, .. }) => own(user_id),
                 Op::Query(
@@ -46,6 +53,15 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                     | Command::CartSet { user_id, .. }
                     | Command::CartRemove { user_id, .. }
                     | Command::CartClear { user_id } => own(user_id),
+                    Command::Commerce(c) => match &**c {
+                        CommerceCommand::CheckoutBegin { user_id, .. } => own(user_id),
+                        CommerceCommand::Order {
+                            action: OrderAction::Cancel { .. },
+                            ..
+                        }
+                        | CommerceCommand::ReturnRequest { .. } => Ok(()),
+                        _ => deny("fulfil orders, decide returns or grant credit"),
+                    },
                     _ => deny("change the catalogue, stock or order status"),
                 },
             }
@@ -74,6 +90,20 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                 Command::SetStock { .. }
                 | Command::AdjustStock { .. }
                 | Command::Restock { .. } => Ok(()),
+                // Fulfilment of orders that contain the seller's SKUs (checked on the shard).
+                Command::Commerce(c) => match &**c {
+                    CommerceCommand::Order {
+                        action:
+                            OrderAction::Cancel { .. }
+                            | OrderAction::Pack
+                            | OrderAction::Ship { .. }
+                            | OrderAction::Track { .. }
+                            | OrderAction::Deliver,
+                        ..
+                    }
+                    | CommerceCommand::Return { .. } => Ok(()),
+                    _ => deny("check out, decide fraud reviews or grant credit"),
+                },
                 _ => deny("reserve, order, change carts or order status"),
             },
         },

@@ -59,4 +59,6 @@ pub struct ServerConfig {
     pub io_memory_bytes: usize,
     /// Pin executor i to CPU i (modulo the CPUs present).
     pub pin: bool,
+    /// Fraud rules, payment provider behaviour and warehouse locations.
+    pub checkout: crate::checkout_config::CheckoutConfig,
 }

@@ -12,22 +12,23 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use reserva_engine::ids::ShardId;
+use reserva_engine::ids::{CheckoutId, OrderId, ShardId};
 use reserva_engine::shard::Shard;
-use reserva_engine::sm::{Command, ShardState};
+use reserva_engine::sm::{Command, CommerceCommand, CommerceOutcome, Order, Outcome, ShardState};
 use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
 use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
 
 use crate::config::{FsyncMode, ServerConfig};
 use crate::events::EventRing;
 use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SCAN_ORDERS_MAX, SHARD_QUEUE_DEPTH_MAX};
+use crate::saga::{self, Sagas};
 
 /// A request waiting for its shard, with where to send the answer.
 #[derive(Debug)]
@@ -93,6 +94,9 @@ pub struct Core {
     doorbell_tx: LocalSender<()>,
     doorbell_rx: LocalReceiver<()>,
     stopping: Cell<bool>,
+    /// Checkout drivers and order effect runners of this core.
+    pub sagas: Sagas,
+    me: Weak<Core>,
 }
 
 /// Wall-clock time in Unix ms: the only clock reading of the server, stamped on each batch.
@@ -110,7 +114,7 @@ impl Core {
         map: Arc<ShardMap>,
         config: Arc<ServerConfig>,
         peers: Vec<flume::Sender<Forwarded>>,
-    ) -> Self {
+    ) -> Rc<Self> {
         let slots = shards
             .into_iter()
             .map(|s| {
@@ -127,7 +131,8 @@ impl Core {
             })
             .collect();
         let (doorbell_tx, doorbell_rx) = local_channel::new_bounded(1);
-        Core {
+        let sagas = Sagas::new(config.checkout.clone());
+        Rc::new_cyclic(|me| Core {
             id,
             map,
             config,
@@ -137,7 +142,28 @@ impl Core {
             doorbell_tx,
             doorbell_rx,
             stopping: Cell::new(false),
+            sagas,
+            me: me.clone(),
+        })
+    }
+
+    /// Checkouts that have not ended and orders with side effects not done,
+    /// on this core's shards.
+    pub fn unfinished_work(&self) -> (Vec<CheckoutId>, Vec<OrderId>) {
+        let slots = self.slots.borrow();
+        let mut checkouts = Vec::new();
+        let mut orders = Vec::new();
+        for slot in slots.values() {
+            let state = slot.shard.state();
+            checkouts.extend(
+                state
+                    .checkouts()
+                    .filter(|c| !c.state.is_terminal())
+                    .map(|c| c.id),
+            );
+            orders.extend(state.orders_with_pending_effects());
         }
+        (checkouts, orders)
     }
 
     /// Sends `pending` to the core owning `shard` (this one or another).
@@ -253,8 +279,29 @@ impl Core {
             }
         }
         drop(slots);
+        let me = self.me.upgrade();
         for (_, done) in answers {
             for (reply, r) in done {
+                // A checkout answers when its saga ends; an order action once
+                // its side effects are done.
+                if let (Some(me), Ok(Reply::Outcome(Outcome::Commerce(o)))) = (&me, &r) {
+                    match &**o {
+                        CommerceOutcome::CheckoutStarted { checkout_id } => {
+                            saga::attach_checkout(me, *checkout_id, reply);
+                            continue;
+                        }
+                        CommerceOutcome::Order { order, return_id }
+                            if order
+                                .fulfilment
+                                .as_ref()
+                                .is_some_and(|f| f.has_pending_effects()) =>
+                        {
+                            saga::attach_effects(me, order.id, *return_id, reply);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
                 if let Some(tx) = reply {
                     // The connection may be gone; its answer is then dropped.
                     let _ = tx.send(r);
@@ -278,6 +325,15 @@ impl Core {
             let batch: Vec<Pending> = slot.queue.drain(..take).collect();
             let mut done = Vec::with_capacity(batch.len());
             for Pending { op, scope, reply } in batch {
+                if is_checkout_begin(&op) && !self.sagas.admits_checkout() {
+                    done.push((
+                        reply,
+                        Err(WireError::Overloaded {
+                            retry_after_ms: RETRY_AFTER_MS,
+                        }),
+                    ));
+                    continue;
+                }
                 if matches!(&op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })) {
                     slot.tick_queued = false;
                 }
@@ -430,6 +486,10 @@ impl Core {
     }
 }
 
+fn is_checkout_begin(op: &Op) -> bool {
+    matches!(op, Op::Mutate(r) if matches!(&r.command, Command::Commerce(c) if matches!(**c, CommerceCommand::CheckoutBegin { .. })))
+}
+
 /// Where an answer goes, and the answer.
 type Answer = (Option<oneshot::Sender<OpResult>>, OpResult);
 
@@ -456,6 +516,14 @@ fn watched_command(op: &Op) -> Option<Command> {
             | Command::CartClear { .. }
             | Command::CreateOrder { .. }
             | Command::SetOrderStatus { .. } => Some(r.command.clone()),
+            Command::Commerce(c) => match c.as_ref() {
+                CommerceCommand::Order { .. }
+                | CommerceCommand::ReturnRequest { .. }
+                | CommerceCommand::Return { .. }
+                | CommerceCommand::CheckoutCreateOrder { .. }
+                | CommerceCommand::CheckoutFinish { .. } => Some(r.command.clone()),
+                _ => None,
+            },
             _ => None,
         },
         Op::Query(_) => None,
@@ -493,10 +561,23 @@ fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
     match scope {
         Scope::Full => Ok(()),
         Scope::Seller(seller) => match op {
-            Op::Mutate(r) => seller_owns(state, &r.command, seller),
+            Op::Mutate(r) => match &r.command {
+                Command::Commerce(c) => match &**c {
+                    CommerceCommand::Order { order_id, .. } => {
+                        seller_sells(state.order(*order_id), seller)
+                    }
+                    CommerceCommand::Return { return_id, .. } => {
+                        seller_sells(state.order_of_return(*return_id), seller)
+                    }
+                    _ => Ok(()),
+                },
+                command => seller_owns(state, command, seller),
+            },
             Op::Query(Query::GetSku { .. } | Query::ShardStats { .. }) => Ok(()),
             Op::Query(Query::SellerSkus { seller_id, .. }) if seller_id == seller => Ok(()),
-            Op::Query(_) => deny("a seller may not read users' carts, orders or reservations"),
+            Op::Query(Query::GetOrder { id }) => seller_sells(state.order(*id), seller),
+            Op::Query(Query::GetReturn { id }) => seller_sells(state.order_of_return(*id), seller),
+            Op::Query(_) => deny("a seller may not read users' carts, checkouts or reservations"),
         },
         Scope::Customer(me) => {
             let reservation = match op {
@@ -514,14 +595,46 @@ fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
             {
                 return deny("the reservation belongs to another user");
             }
-            if let Op::Query(Query::GetOrder { id }) = op
-                && let Some(o) = state.order(*id)
-                && o.user_id != *me
-            {
+            let order = match op {
+                Op::Query(Query::GetOrder { id }) => state.order(*id),
+                Op::Query(Query::GetReturn { id }) => state.order_of_return(*id),
+                Op::Mutate(r) => match &r.command {
+                    Command::Commerce(c) => match &**c {
+                        CommerceCommand::Order { order_id, .. }
+                        | CommerceCommand::ReturnRequest { order_id, .. } => state.order(*order_id),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                Op::Query(_) => None,
+            };
+            if order.is_some_and(|o| o.user_id != *me) {
                 return deny("the order belongs to another user");
+            }
+            if let Op::Query(Query::GetCheckout { id }) = op
+                && state.checkout(*id).is_some_and(|c| c.user_id != *me)
+            {
+                return deny("the checkout belongs to another user");
             }
             Ok(())
         }
+    }
+}
+
+/// A seller may read and fulfil only orders that contain their SKUs.
+fn seller_sells(order: Option<&Order>, seller: &str) -> Result<(), WireError> {
+    match order {
+        Some(o)
+            if !o
+                .fulfilment
+                .as_ref()
+                .is_some_and(|f| f.sellers.iter().any(|s| s == seller)) =>
+        {
+            Err(WireError::Unauthorized {
+                reason: "the order contains no SKU of this seller".into(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -587,6 +700,16 @@ fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
             Ok(Reply::Orders { orders, next })
         }
         Query::GetCart { user_id } => Ok(Reply::Cart(state.cart(&user_id).to_vec())),
+        Query::GetCheckout { id } => state
+            .checkout(id)
+            .map(|c| Reply::Checkout(Box::new(c.clone())))
+            .ok_or_else(|| not_found("checkout", id.to_string())),
+        Query::GetCredit { user_id } => Ok(Reply::Credit(state.credit_account(&user_id).cloned())),
+        Query::GetReturn { id } => state
+            .order_of_return(id)
+            .cloned()
+            .map(Reply::Order)
+            .ok_or_else(|| not_found("return", id.to_string())),
         Query::ShardStats { shard } => {
             let (skus, reservations, orders, idem) = state.counts();
             Ok(Reply::ShardStats(ShardStats {

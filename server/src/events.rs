@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use reserva_engine::sm::{Command, Outcome, ShardState};
+use reserva_engine::sm::{Command, CommerceOutcome, Outcome, ShardState};
 use reserva_protocol::{UserEvent, UserEventKind};
 
 use crate::limits::USER_EVENTS_PER_SHARD_MAX;
@@ -110,6 +110,21 @@ fn describe(
         )),
         (Command::CartClear { user_id }, _) => {
             Some((user_id.clone(), UserEventKind::Cart { sku: None, qty: 0 }))
+        }
+        (_, Outcome::Commerce(c)) => {
+            let order_id = match c.as_ref() {
+                CommerceOutcome::Order { order, .. } => order.id,
+                CommerceOutcome::CheckoutStep { checkout } => checkout.order_id?,
+                _ => return None,
+            };
+            let order = state.order(order_id)?;
+            Some((
+                order.user_id.clone(),
+                UserEventKind::Order {
+                    order_id,
+                    status: order.status,
+                },
+            ))
         }
         (_, Outcome::OrderCreated { order_id, .. })
         | (Command::SetOrderStatus { order_id, .. }, _) => {

@@ -6,6 +6,7 @@
 //! to roles; [`config`] and [`limits`] hold the settings and bounds.
 
 pub mod auth;
+pub mod checkout_config;
 pub mod config;
 pub mod conn;
 pub mod core;
@@ -14,3 +15,5 @@ pub mod http;
 pub mod limits;
 pub mod listings;
 pub mod node;
+pub mod payments;
+pub mod saga;

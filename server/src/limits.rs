@@ -39,3 +39,23 @@ const _: () = assert!(COMMIT_BATCH_MAX <= SHARD_QUEUE_DEPTH_MAX);
 const _: () = assert!(reserva_protocol::limits::BATCH_OPS_MAX <= SHARD_QUEUE_DEPTH_MAX);
 const _: () =
     assert!(reserva_protocol::limits::USER_EVENTS_LIMIT_MAX as usize <= USER_EVENTS_PER_SHARD_MAX);
+
+/// Payment idempotency keys the sandbox card provider remembers.
+pub const PAYMENT_KEYS_REMEMBERED_MAX: usize = 1 << 20;
+/// Checkouts one core drives at once; past it, new checkouts are answered `Overloaded`.
+pub const SAGAS_PER_CORE_MAX: usize = 65_536;
+/// Callers waiting for one checkout's end (retries of the same key); past it, `Overloaded`.
+pub const SAGA_WAITERS_MAX: usize = 16;
+/// Orders whose side effects one core carries out at once; more wait for the next sweep.
+pub const EFFECT_RUNNERS_PER_CORE_MAX: usize = 65_536;
+/// Attempts of one saga call (a shard request or a provider call) before the
+/// step is given up: a failing payment compensates, other steps retry later.
+pub const SAGA_CALL_ATTEMPTS: u32 = 5;
+/// First wait between attempts; doubles up to `SAGA_BACKOFF_MAX`.
+pub const SAGA_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// Longest wait between attempts.
+pub const SAGA_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often each core retries order side effects that failed (provider or shard down).
+pub const EFFECT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Warehouses with a location in the checkout configuration.
+pub const WAREHOUSE_LOCATIONS_MAX: usize = 1_024;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use reserva_gateway::RateLimits;
 use reserva_server::auth::AuthTable;
+use reserva_server::checkout_config::CheckoutConfig;
 use reserva_server::config::{FsyncMode, ServerConfig};
 use reserva_server::http::HttpOptions;
 use reserva_server::limits::IO_MEMORY_BYTES_DEFAULT;
@@ -89,6 +90,10 @@ struct Args {
     /// Do not pin executors to CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Checkout configuration (TOML: [fraud] rules, [payments] sandbox
+    /// latency and attempts, [[warehouses]] id/lat/lon); see docs/checkout.md.
+    #[arg(long)]
+    checkout_config: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info")]
     log: String,
@@ -132,6 +137,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(AuthTable::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let checkout = match &args.checkout_config {
+        Some(path) => CheckoutConfig::load(path).map_err(anyhow::Error::msg)?,
+        None => CheckoutConfig::default(),
+    };
     let cores = args
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u16);
@@ -171,6 +180,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         snapshot_every_records: args.snapshot_every,
         io_memory_bytes: (args.io_memory_kib as usize).saturating_mul(1024),
         pin: !args.no_pin,
+        checkout,
     };
     reserva_server::node::run_with(config, http)
 }

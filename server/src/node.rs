@@ -27,8 +27,8 @@ use socket2::{Domain, Socket, Type};
 use crate::config::{FsyncMode, ServerConfig};
 use crate::core::{Core, Forwarded, shutdown_requested};
 use crate::limits::{
-    CONNECTIONS_PER_CORE_MAX, FORWARD_QUEUE_MAX, SHUTDOWN_POLL, SYNC_THREADS_PER_CORE,
-    TICK_INTERVAL,
+    CONNECTIONS_PER_CORE_MAX, EFFECT_SWEEP_INTERVAL, FORWARD_QUEUE_MAX, SHUTDOWN_POLL,
+    SYNC_THREADS_PER_CORE, TICK_INTERVAL,
 };
 
 /// The core that owns `shard` when the node has `cores` cores.
@@ -238,19 +238,15 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
             return Err(e);
         }
     };
-    let core = Rc::new(Core::new(
-        core_id,
-        shards,
-        ctx.map,
-        ctx.config.clone(),
-        ctx.peers,
-    ));
+    let core = Core::new(core_id, shards, ctx.map, ctx.config.clone(), ctx.peers);
     let committer = glommio::spawn_local(core.clone().run_committer());
     glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();
     let connections = Rc::new(std::cell::Cell::new(0usize));
     for listener in listeners {
         glommio::spawn_local(accept_loop(core.clone(), listener, connections.clone())).detach();
     }
+    crate::saga::resume(&core);
+    glommio::spawn_local(crate::saga::sweep(core.clone(), EFFECT_SWEEP_INTERVAL)).detach();
     let _ = ctx.ready.send(Ok(core_id));
     let mut last_sync = Instant::now();
     let mut last_tick = Instant::now();

@@ -41,6 +41,7 @@ pub struct Server {
     /// Its data directory.
     pub data: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -55,6 +56,7 @@ impl Server {
             http: None,
             data: data.to_path_buf(),
             args,
+            env: Vec::new(),
         };
         s.spawn();
         s
@@ -75,6 +77,7 @@ impl Server {
             cmd.args(["--http", "127.0.0.1:0"]);
         }
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn reserva-server");
@@ -112,6 +115,44 @@ impl Server {
             );
         }
         self.child = Some(child);
+    }
+
+    /// Starts a server like [`Server::start`] with environment variables set
+    /// (for example a failpoint); [`Server::restart`] keeps them until
+    /// [`Server::clear_env`].
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            child: None,
+            addr: String::new(),
+            data: data.to_path_buf(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Forgets the environment variables given at start for later restarts.
+    pub fn clear_env(&mut self) {
+        self.env.clear();
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its status if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// `kill -9`: no chance to flush anything.

@@ -5,6 +5,7 @@
 //! same requests at exactly the same times.
 
 use crate::ids::{OrderId, ReservationId};
+use crate::sm::commerce::{CommerceCommand, CommerceOutcome};
 use crate::sm::types::{Allocation, CartItem, Money, OrderLine, OrderStatus, ReserveLine};
 
 /// A mutation, with an optional idempotency key.
@@ -150,6 +151,9 @@ pub enum Command {
         /// Reservations to expire (each must be live and due, else skipped).
         expire: Vec<ReservationId>,
     },
+    /// Checkouts, payments, fraud, fulfilment and returns (kinds 14..=49; boxed
+    /// so that the archived size of every other command stays as it was).
+    Commerce(Box<CommerceCommand>),
 }
 
 impl Command {
@@ -169,6 +173,7 @@ impl Command {
             Command::CartRemove { .. } => 11,
             Command::CartClear { .. } => 12,
             Command::Tick { .. } => 13,
+            Command::Commerce(c) => c.kind(),
         }
     }
 }
@@ -231,6 +236,8 @@ pub enum Outcome {
         /// Idempotency records pruned.
         pruned: u32,
     },
+    /// `Commerce` commands.
+    Commerce(Box<CommerceOutcome>),
 }
 
 /// One log record's payload: a request that succeeded and the batch time it was applied at.

@@ -2,11 +2,11 @@
 
 use std::fmt;
 
-use crate::ids::{OrderId, ReservationId};
+use crate::ids::{CheckoutId, OrderId, ReservationId, ReturnId};
 use crate::sm::types::OrderStatus;
 
 /// A typed refusal of a command or query. Refusals change nothing.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 #[non_exhaustive]
 pub enum EngineError {
@@ -92,6 +92,49 @@ pub enum EngineError {
         /// Its value.
         max: u64,
     },
+    /// No checkout with this id (never existed, or finished longer ago than its retention).
+    UnknownCheckout {
+        /// The id asked for.
+        checkout_id: CheckoutId,
+    },
+    /// The checkout is not at the step the command belongs to.
+    CheckoutState {
+        /// Checkout.
+        checkout_id: CheckoutId,
+        /// Its state.
+        state: String,
+    },
+    /// The payment was declined (by the card provider, or not enough store credit).
+    PaymentDeclined {
+        /// Stable reason (`card_declined`, `insufficient_funds`, `insufficient_credit`, ...).
+        code: String,
+        /// Text for people.
+        message: String,
+    },
+    /// The payment provider kept failing; retries ran out and the checkout was compensated.
+    PaymentFailed {
+        /// Text for people.
+        message: String,
+    },
+    /// The fraud rules rejected the checkout.
+    FraudRejected {
+        /// Score.
+        score: u32,
+        /// Rules that fired.
+        reasons: Vec<String>,
+    },
+    /// No return with this id.
+    UnknownReturn {
+        /// The id asked for.
+        return_id: ReturnId,
+    },
+    /// The return is not in the state the action needs.
+    ReturnState {
+        /// Return.
+        return_id: ReturnId,
+        /// Its state.
+        state: String,
+    },
 }
 
 impl fmt::Display for EngineError {
@@ -152,6 +195,29 @@ impl fmt::Display for EngineError {
                 )
             }
             LimitReached { limit, max } => write!(f, "limit {limit} ({max}) reached"),
+            UnknownCheckout { checkout_id } => write!(f, "unknown checkout {checkout_id}"),
+            CheckoutState { checkout_id, state } => {
+                write!(
+                    f,
+                    "checkout {checkout_id} is {state}; the step does not apply"
+                )
+            }
+            PaymentDeclined { code, message } => write!(f, "payment declined ({code}): {message}"),
+            PaymentFailed { message } => write!(f, "payment provider failed: {message}"),
+            FraudRejected { score, reasons } => {
+                write!(
+                    f,
+                    "rejected by fraud rules (score {score}): {}",
+                    reasons.join("; ")
+                )
+            }
+            UnknownReturn { return_id } => write!(f, "unknown return {return_id}"),
+            ReturnState { return_id, state } => {
+                write!(
+                    f,
+                    "return {return_id} is {state}; the action does not apply"
+                )
+            }
         }
     }
 }

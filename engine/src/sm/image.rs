@@ -7,13 +7,16 @@
 use std::hash::{Hash, Hasher};
 
 use crate::ids::{OrderId, ReservationId, ShardId};
-use crate::limits::SHARD_COUNT;
+use crate::limits::{CHECKOUT_RETENTION_MS, SHARD_COUNT};
+use crate::sm::commerce::{CardUses, Checkout, CreditAccount, UserRecord};
 use crate::sm::state::{Fnv64, IdempotencyRecord, Map, ShardState};
-use crate::sm::types::{CartItem, Order, Reservation, Sku};
+use crate::sm::types::{
+    CartItem, Money, Order, OrderLine, OrderStatus, Reservation, Sku, StatusChange,
+};
 use crate::sm::validate;
 
 /// Version of [`StateImage`]'s layout, stored in every snapshot.
-pub const IMAGE_VERSION: u32 = 1;
+pub const IMAGE_VERSION: u32 = 2;
 
 /// A user's cart in the image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -25,7 +28,7 @@ pub struct CartImage {
 }
 
 /// The whole state of a shard in canonical (sorted) form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct StateImage {
     /// [`IMAGE_VERSION`] at the time of writing.
     pub version: u32,
@@ -47,6 +50,130 @@ pub struct StateImage {
     pub carts: Vec<CartImage>,
     /// Idempotency records sorted by key.
     pub idempotency: Vec<IdempotencyRecord>,
+    /// Next checkout sequence number (image version 2).
+    pub next_checkout_seq: u64,
+    /// Next return sequence number (image version 2).
+    pub next_return_seq: u64,
+    /// Checkouts sorted by id (image version 2).
+    pub checkouts: Vec<Checkout>,
+    /// Store-credit accounts sorted by user (image version 2).
+    pub credit: Vec<CreditAccount>,
+    /// Fraud memory per user, sorted by user (image version 2).
+    pub users: Vec<UserRecord>,
+    /// Card uses sorted by fingerprint (image version 2).
+    pub cards: Vec<CardUses>,
+}
+
+/// An order as image version 1 stored it (before fulfilment records).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct OrderV1 {
+    /// Id.
+    pub id: OrderId,
+    /// User.
+    pub user_id: String,
+    /// Lines.
+    pub lines: Vec<OrderLine>,
+    /// Total.
+    pub total: Money,
+    /// Address.
+    pub ship_to: String,
+    /// Status.
+    pub status: OrderStatus,
+    /// History.
+    pub history: Vec<StatusChange>,
+}
+
+/// The state image as version 1 stored it; read when opening older snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StateImageV1 {
+    /// Always 1.
+    pub version: u32,
+    /// Shard number.
+    pub shard: ShardId,
+    /// Time of the last applied change.
+    pub clock_ms: u64,
+    /// Next reservation sequence number.
+    pub next_reservation_seq: u64,
+    /// Next order sequence number.
+    pub next_order_seq: u64,
+    /// SKUs sorted by id.
+    pub skus: Vec<Sku>,
+    /// Live reservations sorted by id.
+    pub reservations: Vec<Reservation>,
+    /// Orders sorted by id.
+    pub orders: Vec<OrderV1>,
+    /// Carts sorted by user.
+    pub carts: Vec<CartImage>,
+    /// Idempotency records sorted by key.
+    pub idempotency: Vec<IdempotencyRecord>,
+}
+
+impl From<StateImageV1> for StateImage {
+    fn from(v1: StateImageV1) -> Self {
+        StateImage {
+            version: IMAGE_VERSION,
+            shard: v1.shard,
+            clock_ms: v1.clock_ms,
+            next_reservation_seq: v1.next_reservation_seq,
+            next_order_seq: v1.next_order_seq,
+            skus: v1.skus,
+            reservations: v1.reservations,
+            orders: v1
+                .orders
+                .into_iter()
+                .map(|o| Order {
+                    id: o.id,
+                    user_id: o.user_id,
+                    lines: o.lines,
+                    total: o.total,
+                    ship_to: o.ship_to,
+                    status: o.status,
+                    history: o.history,
+                    fulfilment: None,
+                })
+                .collect(),
+            carts: v1.carts,
+            idempotency: v1.idempotency,
+            next_checkout_seq: 1,
+            next_return_seq: 1,
+            checkouts: Vec::new(),
+            credit: Vec::new(),
+            users: Vec::new(),
+            cards: Vec::new(),
+        }
+    }
+}
+
+// Hashes the version-1 fields as the derived hash of version 1 did, and each
+// later field only when it differs from an empty state, so a state without
+// checkouts has the same checksum in every image version.
+impl Hash for StateImage {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.version.min(1).hash(h);
+        self.shard.hash(h);
+        self.clock_ms.hash(h);
+        self.next_reservation_seq.hash(h);
+        self.next_order_seq.hash(h);
+        self.skus.hash(h);
+        self.reservations.hash(h);
+        self.orders.hash(h);
+        self.carts.hash(h);
+        self.idempotency.hash(h);
+        let v2_empty = self.next_checkout_seq == 1
+            && self.next_return_seq == 1
+            && self.checkouts.is_empty()
+            && self.credit.is_empty()
+            && self.users.is_empty()
+            && self.cards.is_empty();
+        if !v2_empty {
+            self.next_checkout_seq.hash(h);
+            self.next_return_seq.hash(h);
+            self.checkouts.hash(h);
+            self.credit.hash(h);
+            self.users.hash(h);
+            self.cards.hash(h);
+        }
+    }
 }
 
 impl ShardState {
@@ -69,6 +196,14 @@ impl ShardState {
         carts.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         let mut idempotency: Vec<IdempotencyRecord> = self.idempotency.values().cloned().collect();
         idempotency.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut checkouts: Vec<Checkout> = self.checkouts.values().cloned().collect();
+        checkouts.sort_by_key(|c| c.id);
+        let mut credit: Vec<CreditAccount> = self.credit.values().cloned().collect();
+        credit.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut users: Vec<UserRecord> = self.users.values().cloned().collect();
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut cards: Vec<CardUses> = self.cards.values().cloned().collect();
+        cards.sort_by_key(|c| c.fingerprint);
         StateImage {
             version: IMAGE_VERSION,
             shard: self.shard,
@@ -80,6 +215,12 @@ impl ShardState {
             orders,
             carts,
             idempotency,
+            next_checkout_seq: self.next_checkout_seq,
+            next_return_seq: self.next_return_seq,
+            checkouts,
+            credit,
+            users,
+            cards,
         }
     }
 
@@ -105,7 +246,37 @@ impl ShardState {
             state.expiries.insert((r.expires_at_ms, r.id));
             state.reservations.insert(r.id, r);
         }
+        state.next_checkout_seq = image.next_checkout_seq;
+        state.next_return_seq = image.next_return_seq;
+        for c in image.checkouts {
+            if c.state.is_terminal() {
+                state
+                    .checkout_expiries
+                    .insert((c.updated_at_ms.saturating_add(CHECKOUT_RETENTION_MS), c.id));
+            }
+            state.checkouts.insert(c.id, c);
+        }
+        for a in image.credit {
+            state.credit.insert(a.user_id.clone(), a);
+        }
+        for u in image.users {
+            state.users.insert(u.user_id.clone(), u);
+        }
+        for c in image.cards {
+            if let Some(last) = c.uses_ms.last() {
+                state.card_expiries.insert((*last, c.fingerprint));
+            }
+            state.cards.insert(c.fingerprint, c);
+        }
         for o in image.orders {
+            if let Some(f) = &o.fulfilment {
+                for r in &f.returns {
+                    state.returns.insert(r.id, o.id);
+                }
+                if f.has_pending_effects() {
+                    state.pending_effects.insert(o.id);
+                }
+            }
             state
                 .orders_by_user
                 .entry(o.user_id.clone())
@@ -190,6 +361,7 @@ impl ShardState {
             ));
         }
         self.check_orders()?;
+        self.check_commerce()?;
         self.check_idempotency()
     }
 
@@ -224,6 +396,63 @@ impl ShardState {
             if items.is_empty() || !items.windows(2).all(|w| w[0].sku < w[1].sku) {
                 return Err(format!("cart of {user} is empty or not sorted"));
             }
+        }
+        Ok(())
+    }
+
+    /// Store credit never negative nor over-held; checkouts minted here and
+    /// indexed for retention when finished; returns indexed.
+    fn check_commerce(&self) -> Result<(), String> {
+        for a in self.credit.values() {
+            let held: u64 = a.holds.iter().map(|(_, m)| *m).sum();
+            if held != a.held_minor || a.held_minor > a.balance_minor {
+                return Err(format!(
+                    "store credit of {}: held {} (holds sum {held}) over balance {}",
+                    a.user_id, a.held_minor, a.balance_minor
+                ));
+            }
+        }
+        let mut finished = 0;
+        for c in self.checkouts.values() {
+            if c.id.shard() != self.shard || c.id.sequence() >= self.next_checkout_seq {
+                return Err(format!(
+                    "checkout {} was not minted by shard {}",
+                    c.id, self.shard
+                ));
+            }
+            if c.state.is_terminal() {
+                finished += 1;
+            }
+        }
+        if finished != self.checkout_expiries.len() {
+            return Err(format!(
+                "{finished} finished checkouts, {} in the retention index",
+                self.checkout_expiries.len()
+            ));
+        }
+        let returns: usize = self
+            .orders
+            .values()
+            .filter_map(|o| o.fulfilment.as_ref())
+            .map(|f| f.returns.len())
+            .sum();
+        if returns != self.returns.len() {
+            return Err(format!("{returns} returns, {} indexed", self.returns.len()));
+        }
+        let pending = self
+            .orders
+            .values()
+            .filter(|o| {
+                o.fulfilment
+                    .as_deref()
+                    .is_some_and(|f| f.has_pending_effects())
+            })
+            .count();
+        if pending != self.pending_effects.len() {
+            return Err(format!(
+                "{pending} orders with pending effects, {} indexed",
+                self.pending_effects.len()
+            ));
         }
         Ok(())
     }

@@ -386,6 +386,7 @@ impl ShardState {
                 pruned += 1;
             }
         }
+        pruned += self.prune_commerce(now);
         Ok(Outcome::Ticked { expired, pruned })
     }
 

@@ -5,8 +5,12 @@
 //! that succeeded with that time, and replaying them reproduces the state bit
 //! for bit (see [`ShardState::checksum`]).
 
+mod checkout;
 mod command;
+pub mod commerce;
 mod error;
+pub mod fraud;
+mod fulfilment;
 mod image;
 mod inventory;
 mod orders;
@@ -15,8 +19,10 @@ mod state;
 mod types;
 mod validate;
 
+pub use checkout::NO_CURRENCY;
 pub use command::{Command, LogEntry, Outcome, Request};
+pub use commerce::*;
 pub use error::EngineError;
-pub use image::{CartImage, IMAGE_VERSION, StateImage};
+pub use image::{CartImage, IMAGE_VERSION, OrderV1, StateImage, StateImageV1};
 pub use state::{Applied, Fnv64, IdempotencyRecord, ShardState, fingerprint};
 pub use types::*;

@@ -38,6 +38,7 @@ impl ShardState {
                 at_ms: now,
                 note: String::new(),
             }],
+            fulfilment: None,
         };
         self.orders.insert(id, order);
         self.orders_by_user

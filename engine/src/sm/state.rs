@@ -9,9 +9,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
-use crate::ids::{OrderId, ReservationId, ShardId};
+use crate::ids::{CheckoutId, OrderId, ReservationId, ReturnId, ShardId};
 use crate::limits::{IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_RETENTION_MS, SEQUENCE_MAX, SHARD_COUNT};
 use crate::sm::command::{Command, Outcome, Request};
+use crate::sm::commerce::{CardUses, Checkout, CreditAccount, UserRecord};
 use crate::sm::error::{EngineError, limit_reached};
 use crate::sm::types::{CartItem, Order, Reservation, Sku};
 use crate::sm::validate;
@@ -62,6 +63,24 @@ pub struct ShardState {
     pub(crate) idempotency: Map<String, IdempotencyRecord>,
     /// `(expires_at_ms, key)` of every idempotency record.
     pub(crate) idempotency_expiries: BTreeSet<(u64, String)>,
+    pub(crate) next_checkout_seq: u64,
+    pub(crate) next_return_seq: u64,
+    /// Running checkouts and finished ones within their retention.
+    pub(crate) checkouts: Map<CheckoutId, Checkout>,
+    /// `(forget_at_ms, id)` of every finished checkout.
+    pub(crate) checkout_expiries: BTreeSet<(u64, CheckoutId)>,
+    /// Store-credit accounts by user.
+    pub(crate) credit: Map<String, CreditAccount>,
+    /// What the fraud rules remember per user.
+    pub(crate) users: Map<String, UserRecord>,
+    /// Recent uses per card fingerprint (cards whose shard this is).
+    pub(crate) cards: Map<u64, CardUses>,
+    /// `(last_use_ms, fingerprint)` of every tracked card.
+    pub(crate) card_expiries: BTreeSet<(u64, u64)>,
+    /// Which order each return belongs to (derived from the orders).
+    pub(crate) returns: Map<ReturnId, OrderId>,
+    /// Orders with side effects not done yet (derived from the orders).
+    pub(crate) pending_effects: BTreeSet<OrderId>,
 }
 
 impl ShardState {
@@ -84,6 +103,16 @@ impl ShardState {
             carts: Map::default(),
             idempotency: Map::default(),
             idempotency_expiries: BTreeSet::new(),
+            next_checkout_seq: 1,
+            next_return_seq: 1,
+            checkouts: Map::default(),
+            checkout_expiries: BTreeSet::new(),
+            credit: Map::default(),
+            users: Map::default(),
+            cards: Map::default(),
+            card_expiries: BTreeSet::new(),
+            returns: Map::default(),
+            pending_effects: BTreeSet::new(),
         }
     }
 
@@ -194,6 +223,7 @@ impl ShardState {
             Command::CartRemove { user_id, sku } => self.cart_remove(user_id, sku),
             Command::CartClear { user_id } => self.cart_clear(user_id),
             Command::Tick { expire } => self.tick(now, expire),
+            Command::Commerce(c) => self.commerce(now, c),
         }
     }
 
@@ -254,6 +284,30 @@ impl ShardState {
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
         self.orders.values()
     }
+    /// A checkout (running, or finished within its retention).
+    pub fn checkout(&self, id: CheckoutId) -> Option<&Checkout> {
+        self.checkouts.get(&id)
+    }
+    /// Every checkout, in no particular order.
+    pub fn checkouts(&self) -> impl Iterator<Item = &Checkout> {
+        self.checkouts.values()
+    }
+    /// A user's store-credit account.
+    pub fn credit_account(&self, user_id: &str) -> Option<&CreditAccount> {
+        self.credit.get(user_id)
+    }
+    /// Every store-credit account, in no particular order.
+    pub fn credit_accounts(&self) -> impl Iterator<Item = &CreditAccount> {
+        self.credit.values()
+    }
+    /// Orders with side effects (restocks, payment calls) not done yet.
+    pub fn orders_with_pending_effects(&self) -> impl Iterator<Item = OrderId> + '_ {
+        self.pending_effects.iter().copied()
+    }
+    /// The order a return belongs to.
+    pub fn order_of_return(&self, id: ReturnId) -> Option<&crate::sm::types::Order> {
+        self.returns.get(&id).and_then(|o| self.orders.get(o))
+    }
     /// Counts for stats: (skus, live reservations, orders, idempotency records).
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         (
@@ -280,10 +334,8 @@ impl ShardState {
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let r = self.expiries.first().map(|(at, _)| *at);
         let i = self.idempotency_expiries.first().map(|(at, _)| *at);
-        match (r, i) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let c = self.next_commerce_deadline_ms();
+        [r, i, c].into_iter().flatten().min()
     }
 }
 

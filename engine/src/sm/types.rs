@@ -173,11 +173,14 @@ pub enum OrderStatus {
     Returned,
     /// Money was paid back.
     Refunded,
+    /// Placed with stock deducted and payment authorized, held until an admin
+    /// approves or rejects it after a fraud score above the review threshold.
+    Review,
 }
 
 impl OrderStatus {
     /// Every status, for exhaustive tests and listings.
-    pub const ALL: [OrderStatus; 9] = [
+    pub const ALL: [OrderStatus; 10] = [
         OrderStatus::Placed,
         OrderStatus::Confirmed,
         OrderStatus::Packed,
@@ -187,13 +190,15 @@ impl OrderStatus {
         OrderStatus::ReturnRequested,
         OrderStatus::Returned,
         OrderStatus::Refunded,
+        OrderStatus::Review,
     ];
 
     /// Whether an order in `self` may move to `next`.
     ///
     /// placed -> confirmed -> packed -> shipped -> delivered -> return_requested
-    /// -> returned -> refunded; cancel is possible until shipped; a rejected
-    /// return goes back to delivered; a cancelled order may be refunded.
+    /// -> returned -> refunded; placed -> review -> confirmed after a fraud
+    /// review; cancel is possible until shipped; a rejected return goes back
+    /// to delivered; a cancelled order may be refunded.
     pub fn can_become(self, next: OrderStatus) -> bool {
         use OrderStatus::*;
         matches!(
@@ -202,7 +207,9 @@ impl OrderStatus {
                 | (Confirmed, Packed)
                 | (Packed, Shipped)
                 | (Shipped, Delivered)
-                | (Placed | Confirmed | Packed, Cancelled)
+                | (Placed, Review)
+                | (Review, Confirmed)
+                | (Placed | Confirmed | Packed | Review, Cancelled)
                 | (Delivered, ReturnRequested)
                 | (ReturnRequested, Returned | Delivered)
                 | (Returned | Cancelled, Refunded)
@@ -222,6 +229,7 @@ impl OrderStatus {
             ReturnRequested => "return_requested",
             Returned => "returned",
             Refunded => "refunded",
+            Review => "review",
         }
     }
 }
@@ -253,7 +261,7 @@ pub struct StatusChange {
 }
 
 /// A stored order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Order {
     /// Id minted by the user's shard.
@@ -270,6 +278,27 @@ pub struct Order {
     pub status: OrderStatus,
     /// Every status the order had, oldest first.
     pub history: Vec<StatusChange>,
+    /// Payment, fraud score, shipments, returns and queued side effects of an
+    /// order placed by checkout; `None` for an order stored by `CreateOrder`.
+    pub fulfilment: Option<Box<crate::sm::commerce::Fulfilment>>,
+}
+
+// Hashes the fields of image version 1 exactly as the derived hash did, and
+// the fulfilment only when present, so the checksum of a state without
+// checkouts is the same in every image version.
+impl std::hash::Hash for Order {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.id.hash(h);
+        self.user_id.hash(h);
+        self.lines.hash(h);
+        self.total.hash(h);
+        self.ship_to.hash(h);
+        self.status.hash(h);
+        self.history.hash(h);
+        if let Some(f) = &self.fulfilment {
+            f.hash(h);
+        }
+    }
 }
 
 /// One item in a cart.
