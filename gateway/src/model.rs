@@ -301,6 +301,64 @@ pub struct OrderView {
     pub placed_at: String,
     /// Every status, oldest first.
     pub history: Vec<HistoryView>,
+    /// Payment (orders placed by a checkout).
+    pub payment: Option<PaymentView>,
+    /// Shipments with carrier, tracking number and tracking events.
+    pub shipments: Vec<ShipmentView>,
+    /// Returns of the order.
+    pub returns: Vec<ReturnView>,
+}
+
+/// How an order is paid.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentView {
+    /// card, store_credit or cod.
+    pub method: String,
+    /// pending, authorized, captured, voided, declined, failed.
+    pub status: String,
+    /// Amount.
+    pub amount: MoneyJson,
+    /// Refunded so far, minor units.
+    pub refunded_minor: u64,
+}
+
+/// One tracking event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrackingView {
+    /// When (RFC 3339).
+    pub at: String,
+    /// What happened.
+    pub description: String,
+}
+
+/// One shipment of an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShipmentView {
+    /// Shipping warehouse.
+    pub warehouse: String,
+    /// Estimated delivery (RFC 3339).
+    pub estimated_delivery: String,
+    /// Carrier (empty until shipped).
+    pub carrier: String,
+    /// Tracking number (empty until shipped).
+    pub tracking_number: String,
+    /// Tracking events, oldest first.
+    pub events: Vec<TrackingView>,
+}
+
+/// A return of some lines of an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReturnView {
+    /// Return id.
+    pub return_id: String,
+    /// requested, approved, rejected, received, refunded.
+    pub status: String,
+    /// Lines returned.
+    pub lines: Vec<CartItemView>,
+    /// Why.
+    pub reason: String,
+    /// Refunded, minor units.
+    pub refund_minor: u64,
 }
 
 impl From<&Order> for OrderView {
@@ -331,8 +389,157 @@ impl From<&Order> for OrderView {
                     note: h.note.clone(),
                 })
                 .collect(),
+            payment: o.fulfilment.as_ref().map(|f| PaymentView {
+                method: f.payment.method.as_str().to_owned(),
+                status: f.payment.status.as_str().to_owned(),
+                amount: f.payment.amount.into(),
+                refunded_minor: f.payment.refunded_minor,
+            }),
+            shipments: o
+                .fulfilment
+                .iter()
+                .flat_map(|f| f.shipments.iter())
+                .map(|s| ShipmentView {
+                    warehouse: s.warehouse.clone(),
+                    estimated_delivery: rfc3339(s.estimated_delivery_ms),
+                    carrier: s.carrier.clone(),
+                    tracking_number: s.tracking_number.clone(),
+                    events: s
+                        .events
+                        .iter()
+                        .map(|e| TrackingView {
+                            at: rfc3339(e.at_ms),
+                            description: e.description.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            returns: o
+                .fulfilment
+                .iter()
+                .flat_map(|f| f.returns.iter())
+                .map(|r| ReturnView {
+                    return_id: r.id.to_string(),
+                    status: r.status.as_str().to_owned(),
+                    lines: r
+                        .lines
+                        .iter()
+                        .map(|l| CartItemView {
+                            sku: l.sku.clone(),
+                            qty: l.qty,
+                        })
+                        .collect(),
+                    reason: r.reason.clone(),
+                    refund_minor: r.refund_minor,
+                })
+                .collect(),
         }
     }
+}
+
+/// Where to ship.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressJson {
+    /// Recipient.
+    pub name: String,
+    /// Street and number.
+    pub line1: String,
+    /// More address.
+    pub line2: Option<String>,
+    /// City.
+    pub city: String,
+    /// Region or state.
+    pub region: Option<String>,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166 country code.
+    pub country: String,
+    /// Latitude in degrees (for warehouse routing).
+    #[schema(minimum = -90, maximum = 90)]
+    pub lat: Option<f64>,
+    /// Longitude in degrees.
+    #[schema(minimum = -180, maximum = 180)]
+    pub lon: Option<f64>,
+}
+
+/// How to pay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PaymentJson {
+    /// A card (sandbox test numbers succeed, decline or fail deterministically).
+    Card {
+        /// Card number.
+        card_number: String,
+    },
+    /// The user's store credit.
+    StoreCredit,
+    /// Cash on delivery.
+    Cod,
+}
+
+/// `POST /v1/checkout`: exactly one of `lines`, `reservation_id`, `from_cart`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    /// Who checks out.
+    pub user_id: String,
+    /// Lines to buy.
+    pub lines: Option<Vec<LineJson>>,
+    /// A reservation the user holds.
+    pub reservation_id: Option<String>,
+    /// Buy the user's cart.
+    pub from_cart: Option<bool>,
+    /// How to pay.
+    pub payment: PaymentJson,
+    /// Where to ship.
+    pub ship_to: AddressJson,
+}
+
+/// `POST /v1/orders/{order_id}/track`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Track {
+    /// What happened (at most 512 bytes).
+    pub description: String,
+}
+
+/// `POST /v1/orders/{order_id}/returns`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnBody {
+    /// Lines to return.
+    pub lines: Vec<LineJson>,
+    /// Why (at most 512 bytes).
+    pub reason: String,
+}
+
+/// A return that was requested.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReturnCreated {
+    /// The new return's id.
+    pub return_id: String,
+    /// The order afterwards.
+    pub order: OrderView,
+}
+
+/// A user's store credit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreditView {
+    /// The user.
+    pub user_id: String,
+    /// Balance (zero in no currency when the user never had credit).
+    pub balance: Option<MoneyJson>,
+    /// Of the balance, what is not held by running checkouts, minor units.
+    pub available_minor: u64,
+}
+
+/// `POST /v1/users/{user_id}/credit` (admin).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantCredit {
+    /// Amount to add.
+    pub amount: MoneyJson,
 }
 
 /// A page of orders.

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::model::*;
 use crate::problem::Problem;
-use crate::routes::{carts, events, ops, orders, reservations, sellers, skus};
+use crate::routes::{carts, commerce, events, ops, orders, reservations, sellers, skus};
 
 struct BearerAuth;
 
@@ -31,14 +31,18 @@ impl Modify for BearerAuth {
         carts::get_cart, carts::set_item, carts::remove_item,
         events::user_events,
         orders::get_order, orders::list_user_orders, orders::cancel, orders::pack, orders::ship, orders::deliver,
+        orders::track, orders::approve_review, orders::reject_review,
+        commerce::checkout, commerce::request_return, commerce::approve_return, commerce::reject_return,
+        commerce::receive_return, commerce::refund_return, commerce::get_credit, commerce::grant_credit,
         sellers::orders, sellers::analytics, sellers::low_stock,
     ),
     components(schemas(Problem, MoneyJson, PutSku, SkuView, WarehouseView, SetStock, AdjustStock, StockView,
         LineJson, CreateReservation, AllocationView, ReservationView, CartItemView, CartView, SetQty,
         OrderLineView, HistoryView, OrderView, OrderPage, Ship, SkuSalesView, AnalyticsView, LowStockSku,
-        LowStockView, Health, UserEventView)),
+        LowStockView, Health, UserEventView, PaymentView, TrackingView, ShipmentView, ReturnView,
+        AddressJson, PaymentJson, CheckoutBody, Track, ReturnBody, ReturnCreated, CreditView, GrantCredit)),
     modifiers(&BearerAuth),
-    tags((name = "inventory"), (name = "reservations"), (name = "carts"), (name = "orders"),
+    tags((name = "inventory"), (name = "reservations"), (name = "carts"), (name = "orders"), (name = "returns"), (name = "credit"),
         (name = "sellers"), (name = "operations")),
 )]
 pub struct ApiDoc;

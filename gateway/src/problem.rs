@@ -238,6 +238,14 @@ fn engine_error(e: EngineError) -> ApiError {
         EngineError::InsufficientStock { .. } => {
             ApiError::new(StatusCode::CONFLICT, Code::InsufficientStock, detail)
         }
+        EngineError::UnknownCheckout { .. } | EngineError::UnknownReturn { .. } => {
+            ApiError::not_found(detail)
+        }
+        EngineError::PaymentDeclined { .. }
+        | EngineError::PaymentFailed { .. }
+        | EngineError::FraudRejected { .. } => {
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, Code::PaymentDeclined, detail)
+        }
         EngineError::IdempotencyConflict { .. } => {
             ApiError::new(StatusCode::CONFLICT, Code::IdempotencyConflict, detail)
         }

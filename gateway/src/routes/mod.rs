@@ -1,6 +1,7 @@
 //! The handlers, one module per group of routes.
 
 pub(crate) mod carts;
+pub(crate) mod commerce;
 pub(crate) mod events;
 pub(crate) mod ops;
 pub(crate) mod orders;
@@ -42,6 +43,40 @@ pub(crate) fn routes() -> Router<App> {
         .route("/v1/orders/{order_id}/pack", post(orders::pack))
         .route("/v1/orders/{order_id}/ship", post(orders::ship))
         .route("/v1/orders/{order_id}/deliver", post(orders::deliver))
+        .route("/v1/orders/{order_id}/track", post(orders::track))
+        .route(
+            "/v1/orders/{order_id}/approve-review",
+            post(orders::approve_review),
+        )
+        .route(
+            "/v1/orders/{order_id}/reject-review",
+            post(orders::reject_review),
+        )
+        .route(
+            "/v1/orders/{order_id}/returns",
+            post(commerce::request_return),
+        )
+        .route(
+            "/v1/returns/{return_id}/approve",
+            post(commerce::approve_return),
+        )
+        .route(
+            "/v1/returns/{return_id}/reject",
+            post(commerce::reject_return),
+        )
+        .route(
+            "/v1/returns/{return_id}/receive",
+            post(commerce::receive_return),
+        )
+        .route(
+            "/v1/returns/{return_id}/refund",
+            post(commerce::refund_return),
+        )
+        .route("/v1/checkout", post(commerce::checkout))
+        .route(
+            "/v1/users/{user_id}/credit",
+            get(commerce::get_credit).post(commerce::grant_credit),
+        )
         .route("/v1/sellers/{seller_id}/orders", get(sellers::orders))
         .route("/v1/sellers/{seller_id}/analytics", get(sellers::analytics))
         .route("/v1/sellers/{seller_id}/low-stock", get(sellers::low_stock))

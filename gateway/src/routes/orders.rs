@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::State;
-use reserva_protocol::engine::{Command, Order, OrderId, OrderStatus, Request};
+use reserva_protocol::engine::{Order, OrderAction, OrderId};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -12,7 +12,7 @@ use crate::App;
 use crate::caller::Caller;
 use crate::extract::{IdempotencyKey, JsonBody, PathParams, QueryParams, check_id};
 use crate::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
-use crate::model::{OrderPage, OrderView, Ship};
+use crate::model::{OrderPage, OrderView, Ship, Track};
 use crate::problem::{ApiError, ApiResult, Problem};
 
 /// Paging of a listing.
@@ -161,46 +161,36 @@ pub(crate) async fn list_user_orders(
     }))
 }
 
-/// Who may move an order to `to`: admin; a seller of one of its SKUs; the
-/// customer who placed it, for a cancel.
-async fn transition(
+/// Acts on an order. Admin: everything; a seller of one of its SKUs:
+/// everything but review decisions; its customer: cancel.
+async fn act(
     app: &App,
     caller: &Caller,
     idem: &IdempotencyKey,
     id: &str,
-    to: OrderStatus,
-    note: String,
+    action: OrderAction,
 ) -> ApiResult<Json<OrderView>> {
     let order = visible_order(app, caller, id).await?;
+    let review = matches!(
+        action,
+        OrderAction::ApproveReview | OrderAction::RejectReview
+    );
     let allowed = caller.is_admin()
-        || caller.seller().is_some()
-        || (to == OrderStatus::Cancelled && caller.customer() == Some(order.user_id.as_str()));
+        || (caller.seller().is_some() && !review)
+        || (matches!(action, OrderAction::Cancel { .. })
+            && caller.customer() == Some(order.user_id.as_str()));
     if !allowed {
-        return Err(ApiError::forbidden(format!(
-            "this key may not mark orders {}",
-            to.as_str()
-        )));
+        return Err(ApiError::forbidden("this key may not do this to the order"));
     }
-    app.client()
-        .apply(Request {
-            idempotency_key: idem.wire(caller),
-            command: Command::SetOrderStatus {
-                order_id: order.id,
-                status: to,
-                note,
-            },
-        })
-        .await?;
     let order = app
         .client()
-        .get_order(order.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("order {id:?} not found")))?;
+        .order_action(order.id, action, idem.wire(caller))
+        .await?;
     Ok(Json(OrderView::from(&order)))
 }
 
 macro_rules! action {
-    ($name:ident, $path:literal, $status:expr, $doc:literal) => {
+    ($name:ident, $path:literal, $action:expr, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "orders",
             params(("order_id" = String, Path, description = "Order id"),
@@ -219,7 +209,7 @@ macro_rules! action {
             idem: IdempotencyKey,
             PathParams(id): PathParams<String>,
         ) -> ApiResult<Json<OrderView>> {
-            transition(&app, &caller, &idem, &id, $status, String::new()).await
+            act(&app, &caller, &idem, &id, $action).await
         }
     };
 }
@@ -227,20 +217,34 @@ macro_rules! action {
 action!(
     cancel,
     "/v1/orders/{order_id}/cancel",
-    OrderStatus::Cancelled,
-    "Cancels an order before it ships (its customer, a seller of its SKUs, or an admin)."
+    OrderAction::Cancel {
+        reason: "cancelled through the REST API".into()
+    },
+    "Cancels an order before it ships: restocks, voids or refunds (its customer, a seller of its SKUs, or an admin)."
 );
 action!(
     pack,
     "/v1/orders/{order_id}/pack",
-    OrderStatus::Packed,
+    OrderAction::Pack,
     "Marks an order picked and packed (a seller of its SKUs or an admin)."
 );
 action!(
     deliver,
     "/v1/orders/{order_id}/deliver",
-    OrderStatus::Delivered,
-    "Marks an order delivered (a seller of its SKUs or an admin)."
+    OrderAction::Deliver,
+    "Marks an order delivered; captures cash on delivery (a seller of its SKUs or an admin)."
+);
+action!(
+    approve_review,
+    "/v1/orders/{order_id}/approve-review",
+    OrderAction::ApproveReview,
+    "Releases an order held for fraud review and captures its payment (admin)."
+);
+action!(
+    reject_review,
+    "/v1/orders/{order_id}/reject-review",
+    OrderAction::RejectReview,
+    "Rejects an order held for fraud review: restocks and voids (admin)."
 );
 
 /// Hands an order to a carrier with a tracking number.
@@ -264,9 +268,34 @@ pub(crate) async fn ship(
 ) -> ApiResult<Json<OrderView>> {
     check_id("carrier", &body.carrier)?;
     check_id("tracking_number", &body.tracking_number)?;
-    let note = format!(
-        "carrier={} tracking_number={}",
-        body.carrier, body.tracking_number
-    );
-    transition(&app, &caller, &idem, &id, OrderStatus::Shipped, note).await
+    let action = OrderAction::Ship {
+        carrier: body.carrier,
+        tracking_number: body.tracking_number,
+    };
+    act(&app, &caller, &idem, &id, action).await
+}
+
+/// Adds a tracking event to a shipped order.
+#[utoipa::path(post, path = "/v1/orders/{order_id}/track", tag = "orders", request_body = Track,
+    params(("order_id" = String, Path, description = "Order id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key apply once")),
+    responses(
+        (status = 200, body = OrderView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn track(
+    State(app): State<App>,
+    caller: Caller,
+    idem: IdempotencyKey,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<Track>,
+) -> ApiResult<Json<OrderView>> {
+    let action = OrderAction::Track {
+        description: body.description,
+    };
+    act(&app, &caller, &idem, &id, action).await
 }
