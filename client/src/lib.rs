@@ -9,6 +9,7 @@
 //!
 //! The wire format is in [`reserva_protocol`] and `docs/protocol.md`.
 
+pub mod auth;
 mod client;
 mod commerce;
 mod conn;

@@ -6,7 +6,7 @@ use reserva_protocol::engine::{
     Allocation, CartItem, Command, Money, Order, OrderId, OrderLine, Outcome, Request, Reservation,
     ReservationId, ReserveLine, Sku,
 };
-use reserva_protocol::{Op, Query, Reply, WireError};
+use reserva_protocol::{Op, Query, Reply, UserEvent, WireError};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -236,6 +236,55 @@ impl Client {
             None => Ok(None),
             Some(Reply::Order(o)) => Ok(Some(o)),
             Some(other) => Err(unexpected("GetOrder", &other)),
+        }
+    }
+
+    /// Runs one mutation exactly as given (command and idempotency key) and
+    /// returns what it did.
+    pub async fn apply(&self, request: Request) -> Result<Outcome, ClientError> {
+        let name = command_name(&request.command);
+        match self.execute(Op::Mutate(request)).await? {
+            Reply::Outcome(outcome) => Ok(outcome),
+            other => Err(unexpected(name, &other)),
+        }
+    }
+
+    /// A page of a user's orders, oldest first, and the id to continue
+    /// after (`None` on the last page).
+    pub async fn list_orders(
+        &self,
+        user_id: impl Into<String>,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<(Vec<Order>, Option<OrderId>), ClientError> {
+        let query = Query::ListOrders {
+            user_id: user_id.into(),
+            after,
+            limit,
+        };
+        match self.execute(Op::Query(query)).await? {
+            Reply::Orders { orders, next } => Ok((orders, next)),
+            other => Err(unexpected("ListOrders", &other)),
+        }
+    }
+
+    /// A user's recent cart and order events after position `after` (`None`:
+    /// only the current position), the next position, and whether events
+    /// may have been lost in between.
+    pub async fn user_events(
+        &self,
+        user_id: impl Into<String>,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<UserEvent>, u64, bool), ClientError> {
+        let query = Query::UserEvents {
+            user_id: user_id.into(),
+            after,
+            limit,
+        };
+        match self.execute(Op::Query(query)).await? {
+            Reply::UserEvents { events, next, gap } => Ok((events, next, gap)),
+            other => Err(unexpected("UserEvents", &other)),
         }
     }
 

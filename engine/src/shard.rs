@@ -392,6 +392,11 @@ impl Shard {
     pub fn last_lsn(&self) -> Lsn {
         self.log.last_lsn()
     }
+    /// The LSN the last staged record will get once appended (`last_lsn`
+    /// when nothing is staged): grows with every state-changing `apply`.
+    pub fn staged_lsn(&self) -> Lsn {
+        self.log.last_lsn() + self.staged.len() as Lsn
+    }
     /// LSN of the last durable record.
     pub fn durable_lsn(&self) -> Lsn {
         self.log.durable_lsn()

@@ -22,7 +22,8 @@ pub use frame::{
     encode_results, message_to_vec,
 };
 pub use message::{
-    Batch, CoreEndpoint, Hello, HelloOk, Op, OpResult, Query, Reply, Results, ShardMap, ShardStats,
+    Batch, CoreEndpoint, Hello, HelloOk, Op, OpResult, OrderKey, Query, Reply, Results,
+    SalesSummary, ShardMap, ShardStats, SkuSales, SkuSummary, UserEvent, UserEventKind,
 };
 pub use route::route;
 
@@ -32,7 +33,9 @@ pub mod engine {
     pub use reserva_engine::ids::{
         CheckoutId, OrderId, ReservationId, ReturnId, ShardId, key_on_shard, shard_of,
     };
+    pub use reserva_engine::limits;
     pub use reserva_engine::limits::SHARD_COUNT;
+    pub use reserva_engine::sm::queries;
     pub use reserva_engine::sm::{
         Address, CardUses, Checkout, CheckoutSource, CheckoutState, CommerceCommand,
         CommerceOutcome, CreditAccount, DeliveryEstimate, Effect, EffectKind, FraudDecision,

@@ -23,6 +23,13 @@ pub const BATCH_OPS_MAX: usize = 1024;
 /// Most orders one `ListOrders` query may ask for.
 pub const LIST_ORDERS_LIMIT_MAX: u32 = 100;
 
+/// Most SKUs one `SellerSkus` query may ask for.
+pub const SELLER_SKUS_LIMIT_MAX: u32 = 1_000;
+/// Most SKUs in the filter of a `SellerOrders` or `SellerAnalytics` query.
+pub const SKU_FILTER_MAX: usize = 2_048;
+/// Most events one `UserEvents` query may ask for.
+pub const USER_EVENTS_LIMIT_MAX: u32 = 256;
+
 /// Longest credential in `HELLO`, in bytes.
 pub const CREDENTIAL_BYTES_MAX: usize = 1024;
 /// Longest client name in `HELLO`, in bytes.
@@ -44,5 +51,7 @@ const _: () =
     assert!((SHARD_COUNT as usize) * 2 + CORES_MAX * (ADDR_BYTES_MAX + 16) <= FRAME_BYTES_MAX / 4);
 // The advertised limits fit the u32 fields of `HELLO_OK`.
 const _: () = assert!(BATCH_OPS_MAX <= u32::MAX as usize);
+// A SKU filter of maximal ids fits one frame with room for the rest of the query.
+const _: () = assert!(SKU_FILTER_MAX * (ID_BYTES_MAX + 8) <= FRAME_BYTES_MAX / 4);
 // A page of orders is a small fraction of a batch.
 const _: () = assert!((LIST_ORDERS_LIMIT_MAX as usize) <= BATCH_OPS_MAX);

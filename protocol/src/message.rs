@@ -3,7 +3,8 @@
 use reserva_engine::ids::{CheckoutId, OrderId, ReservationId, ReturnId, ShardId};
 use reserva_engine::limits::SHARD_COUNT;
 use reserva_engine::sm::{
-    CartItem, Checkout, CreditAccount, Order, Outcome, Request, Reservation, Sku,
+    CartItem, Checkout, CreditAccount, Money, Order, OrderStatus, Outcome, Request, Reservation,
+    Sku,
 };
 
 use crate::error::WireError;
@@ -219,6 +220,154 @@ pub enum Query {
         /// Return id.
         id: ReturnId,
     },
+    /// One shard's SKUs of a seller (a scatter-gather leg), sorted by SKU.
+    /// Answer: [`Reply::SellerSkus`].
+    SellerSkus {
+        /// The shard, `0..SHARD_COUNT`.
+        shard: u16,
+        /// The seller.
+        seller_id: String,
+        /// Only SKUs with at most this many units available (low stock).
+        available_max: Option<u64>,
+        /// Most SKUs to answer, `1..=SELLER_SKUS_LIMIT_MAX`.
+        limit: u32,
+    },
+    /// One shard's orders that contain any of `skus`, newest first, strictly
+    /// older than `before` (a scatter-gather leg). Answer: [`Reply::SellerOrders`].
+    SellerOrders {
+        /// The shard, `0..SHARD_COUNT`.
+        shard: u16,
+        /// The seller's SKUs, sorted, at most `SKU_FILTER_MAX`.
+        skus: Vec<String>,
+        /// Only orders in this status.
+        status: Option<OrderStatus>,
+        /// Only orders placed before this key (newest first paging).
+        before: Option<OrderKey>,
+        /// Most orders to answer, `1..=LIST_ORDERS_LIMIT_MAX`.
+        limit: u32,
+    },
+    /// Sales of `skus` in orders placed in `[from_ms, to_ms)` on one shard
+    /// (a scatter-gather leg). Answer: [`Reply::SellerAnalytics`].
+    SellerAnalytics {
+        /// The shard, `0..SHARD_COUNT`.
+        shard: u16,
+        /// The seller's SKUs, sorted, at most `SKU_FILTER_MAX`.
+        skus: Vec<String>,
+        /// Start of the range (Unix ms, inclusive).
+        from_ms: u64,
+        /// End of the range (Unix ms, exclusive).
+        to_ms: u64,
+    },
+    /// Recent changes to a user's cart and orders, kept by the server in a
+    /// bounded, non-durable ring per shard. Answer: [`Reply::UserEvents`].
+    UserEvents {
+        /// The user.
+        user_id: String,
+        /// Events after this sequence number; `None`: none, only the current position.
+        after: Option<u64>,
+        /// Most events to answer, `1..=USER_EVENTS_LIMIT_MAX`.
+        limit: u32,
+    },
+}
+
+/// Where an order sorts in cross-shard listings: placement time, then id.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct OrderKey {
+    /// When the order was placed (Unix ms, its first history entry).
+    pub at_ms: u64,
+    /// The order.
+    pub id: OrderId,
+}
+
+/// A SKU in a seller listing.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SkuSummary {
+    /// SKU id.
+    pub sku: String,
+    /// Title.
+    pub title: String,
+    /// Units available over all warehouses.
+    pub available: u64,
+    /// Units on hand over all warehouses.
+    pub on_hand: u64,
+}
+
+/// Sales of one SKU in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SkuSales {
+    /// SKU id.
+    pub sku: String,
+    /// Units sold.
+    pub units: u64,
+    /// Revenue (sum of `qty * unit_price`).
+    pub revenue: Money,
+}
+
+/// One shard's part of a seller's analytics.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct SalesSummary {
+    /// Orders containing the seller's SKUs (cancelled ones excluded).
+    pub orders: u64,
+    /// Of those, orders with a return (requested, returned or refunded).
+    pub returns: u64,
+    /// Per SKU and currency, sorted by SKU then currency.
+    pub skus: Vec<SkuSales>,
+    /// The scan stopped at `SCAN_ORDERS_MAX` orders: the numbers are a lower bound.
+    pub truncated: bool,
+}
+
+/// What happened to a user's cart or orders.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum UserEventKind {
+    /// A cart line was set (`qty > 0`) or removed (`qty == 0`); `sku` is
+    /// `None` when the whole cart was emptied.
+    Cart {
+        /// The SKU.
+        sku: Option<String>,
+        /// Units now in the cart.
+        qty: u32,
+    },
+    /// An order was created or changed status.
+    Order {
+        /// The order.
+        order_id: OrderId,
+        /// Its status now.
+        status: OrderStatus,
+    },
+}
+
+/// One entry of the per-shard ring of recent user events.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct UserEvent {
+    /// Position: the log sequence number of the change (increasing per shard,
+    /// also across restarts).
+    pub seq: u64,
+    /// The shard clock when it happened (Unix ms).
+    pub at_ms: u64,
+    /// Whose.
+    pub user_id: String,
+    /// What.
+    pub kind: UserEventKind,
 }
 
 /// A successful answer.
@@ -248,6 +397,34 @@ pub enum Reply {
     Checkout(Box<Checkout>),
     /// `GetCredit`.
     Credit(Option<CreditAccount>),
+    /// `SellerSkus`.
+    SellerSkus {
+        /// Sorted by SKU.
+        skus: Vec<SkuSummary>,
+        /// More matched than `limit`.
+        truncated: bool,
+    },
+    /// `SellerOrders`.
+    SellerOrders {
+        /// Newest first.
+        orders: Vec<Order>,
+        /// `None`: every matching order older than `before` is in `orders`.
+        /// `Some(k)`: the shard stopped (limit or scan budget) after examining
+        /// every order down to `k` inclusive; older ones are not yet examined.
+        frontier: Option<OrderKey>,
+    },
+    /// `SellerAnalytics`.
+    SellerAnalytics(SalesSummary),
+    /// `UserEvents`.
+    UserEvents {
+        /// Oldest first.
+        events: Vec<UserEvent>,
+        /// Pass as `after` next time.
+        next: u64,
+        /// Events after `after` may have been dropped (ring overflow or a
+        /// server restart): re-read the state.
+        gap: bool,
+    },
 }
 
 /// Counters of one shard.

@@ -117,7 +117,10 @@ fn route_query(query: &Query) -> Result<ShardId, WireError> {
         Query::GetCart { user_id } | Query::GetCredit { user_id } => Ok(shard_of(user_id)),
         Query::GetCheckout { id } => Ok(id.shard()),
         Query::GetReturn { id } => Ok(id.shard()),
-        Query::ShardStats { shard } => {
+        Query::ShardStats { shard }
+        | Query::SellerSkus { shard, .. }
+        | Query::SellerOrders { shard, .. }
+        | Query::SellerAnalytics { shard, .. } => {
             if *shard >= SHARD_COUNT {
                 return Err(WireError::invalid(format!(
                     "shard {shard} does not exist (0..{SHARD_COUNT})"
@@ -125,5 +128,6 @@ fn route_query(query: &Query) -> Result<ShardId, WireError> {
             }
             Ok(*shard)
         }
+        Query::UserEvents { user_id, .. } => Ok(shard_of(user_id)),
     }
 }

@@ -1,126 +1,10 @@
-//! API keys and what each role may do.
-//!
-//! The auth file is TOML:
-//!
-//! ```toml
-//! [[keys]]
-//! token = "s3cret-admin"
-//! role = "admin"          # admin | seller | customer
-//!
-//! [[keys]]
-//! token = "alice-token"
-//! role = "customer"
-//! user_id = "alice"       # a customer acts only as this user
-//! tier = "standard"       # optional, used by the gateway's rate limits
-//! ```
-
-use std::collections::HashMap;
-use std::path::Path;
+//! What each role may do on the binary protocol. The auth file itself (keys,
+//! roles, tiers) is parsed by [`reserva_client::auth`], shared with the gateway.
 
 use reserva_protocol::engine::{Command, CommerceCommand, OrderAction};
 use reserva_protocol::{Op, Query, WireError};
-use serde::Deserialize;
 
-/// Longest token accepted in the auth file.
-pub const TOKEN_BYTES_MAX: usize = 1_024;
-/// Most keys in one auth file.
-pub const KEYS_MAX: usize = 100_000;
-
-/// A role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Catalogue and stock of their own SKUs, reads.
-    Seller,
-    /// Reservations, orders and carts of their own user, reads of SKUs.
-    Customer,
-}
-
-/// Who a connection speaks for.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Principal {
-    /// The secret.
-    pub token: String,
-    /// The role.
-    pub role: Role,
-    /// For customers: the user they are.
-    pub user_id: Option<String>,
-    /// For sellers: the seller they are.
-    pub seller_id: Option<String>,
-    /// Rate-limit tier (gateway).
-    pub tier: Option<String>,
-}
-
-impl Principal {
-    /// Full access: used when the server runs without an auth file.
-    pub fn open_access() -> Self {
-        Principal {
-            token: String::new(),
-            role: Role::Admin,
-            user_id: None,
-            seller_id: None,
-            tier: None,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuthFile {
-    keys: Vec<Principal>,
-}
-
-/// Tokens to principals.
-#[derive(Debug, Clone, Default)]
-pub struct AuthTable {
-    by_token: HashMap<String, Principal>,
-}
-
-impl AuthTable {
-    /// Loads and checks an auth file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read auth file {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("auth file {}: {e}", path.display()))
-    }
-
-    /// Parses an auth file's text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let file: AuthFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        if file.keys.len() > KEYS_MAX {
-            return Err(format!(
-                "{} keys exceed KEYS_MAX ({KEYS_MAX})",
-                file.keys.len()
-            ));
-        }
-        let mut by_token = HashMap::new();
-        for (i, k) in file.keys.into_iter().enumerate() {
-            if k.token.len() < 8 || k.token.len() > TOKEN_BYTES_MAX {
-                return Err(format!(
-                    "keys[{i}].token must have 8..={TOKEN_BYTES_MAX} bytes"
-                ));
-            }
-            if k.role == Role::Customer && k.user_id.is_none() {
-                return Err(format!("keys[{i}]: a customer key needs user_id"));
-            }
-            if k.role == Role::Seller && k.seller_id.is_none() {
-                return Err(format!("keys[{i}]: a seller key needs seller_id"));
-            }
-            if by_token.insert(k.token.clone(), k).is_some() {
-                return Err(format!("keys[{i}].token is used twice"));
-            }
-        }
-        Ok(AuthTable { by_token })
-    }
-
-    /// The principal of a token, if any.
-    pub fn lookup(&self, token: &str) -> Option<&Principal> {
-        self.by_token.get(token)
-    }
-}
+pub use reserva_client::auth::{AuthTable, KEYS_MAX, Principal, Role, TOKEN_BYTES_MAX};
 
 /// Whether `who` may run `op`. Seller ownership of an existing SKU is checked
 /// again on the owning shard (see `core::seller_owns`).
@@ -156,6 +40,12 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                     | Query::GetCredit { user_id },
                 ) => own(user_id),
                 Op::Query(Query::ShardStats { .. }) => deny("read shard stats"),
+                Op::Query(Query::UserEvents { user_id, .. }) => own(user_id),
+                Op::Query(
+                    Query::SellerSkus { .. }
+                    | Query::SellerOrders { .. }
+                    | Query::SellerAnalytics { .. },
+                ) => deny("read seller listings"),
                 Op::Mutate(r) => match &r.command {
                     Command::Reserve { owner, .. } => own(owner),
                     Command::Release { .. } | Command::Confirm { .. } => Ok(()),
@@ -178,6 +68,17 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
         }
         Role::Seller => match op {
             Op::Query(Query::ShardStats { .. }) => deny("read shard stats"),
+            Op::Query(Query::SellerSkus { seller_id, .. })
+                if Some(seller_id) != who.seller_id.as_ref() =>
+            {
+                deny("list another seller's SKUs")
+            }
+            // Their SKU list is not checkable on one shard; the gateway runs these as admin.
+            Op::Query(
+                Query::SellerOrders { .. }
+                | Query::SellerAnalytics { .. }
+                | Query::UserEvents { .. },
+            ) => deny("read cross-shard order listings or user events"),
             Op::Query(_) => Ok(()),
             Op::Mutate(r) => match &r.command {
                 Command::UpsertSku { seller_id, .. }

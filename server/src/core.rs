@@ -28,7 +28,8 @@ use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
 use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
 
 use crate::config::{FsyncMode, ServerConfig};
-use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
+use crate::events::EventRing;
+use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SCAN_ORDERS_MAX, SHARD_QUEUE_DEPTH_MAX};
 use crate::metrics::{self, Shed};
 use crate::saga::{self, Sagas};
 
@@ -83,6 +84,7 @@ pub struct Forwarded {
 
 struct Slot {
     shard: Shard,
+    events: EventRing,
     queue: VecDeque<Pending>,
     in_ready: bool,
     tick_queued: bool,
@@ -134,6 +136,7 @@ impl Core {
                 (
                     s.id(),
                     Slot {
+                        events: EventRing::new(s.last_lsn()),
                         shard: s,
                         queue: VecDeque::new(),
                         in_ready: false,
@@ -361,8 +364,17 @@ impl Core {
                 }
                 slot.hot.observe(&op);
                 let label = metrics::op_label(&op);
+                let watched = watched_command(&op);
+                let before = slot.shard.staged_lsn();
                 let result = execute(self.id, slot, op, &scope, now);
                 m.record_op(id, label, &result);
+                if let (Some(command), Ok(Reply::Outcome(outcome))) = (&watched, &result) {
+                    let seq = slot.shard.staged_lsn();
+                    if seq > before {
+                        let state = slot.shard.state();
+                        slot.events.record(state, seq, now, command, outcome);
+                    }
+                }
                 done.push((reply, result));
             }
             if let Err(e) = slot.shard.append_staged() {
@@ -523,6 +535,30 @@ fn fail_mutations(done: &mut [Answer], shard: ShardId, reason: &str) {
     }
 }
 
+/// The command of a mutation that may change a user's cart or orders (what
+/// the live-update ring records), cloned before it is applied.
+fn watched_command(op: &Op) -> Option<Command> {
+    match op {
+        Op::Mutate(r) => match &r.command {
+            Command::CartSet { .. }
+            | Command::CartRemove { .. }
+            | Command::CartClear { .. }
+            | Command::CreateOrder { .. }
+            | Command::SetOrderStatus { .. } => Some(r.command.clone()),
+            Command::Commerce(c) => match c.as_ref() {
+                CommerceCommand::Order { .. }
+                | CommerceCommand::ReturnRequest { .. }
+                | CommerceCommand::Return { .. }
+                | CommerceCommand::CheckoutCreateOrder { .. }
+                | CommerceCommand::CheckoutFinish { .. } => Some(r.command.clone()),
+                _ => None,
+            },
+            _ => None,
+        },
+        Op::Query(_) => None,
+    }
+}
+
 /// Runs one operation on a shard at its place in the batch.
 fn execute(core: u16, slot: &mut Slot, op: Op, scope: &Scope, now: u64) -> OpResult {
     let id = slot.shard.id();
@@ -567,6 +603,7 @@ fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
                 command => seller_owns(state, command, seller),
             },
             Op::Query(Query::GetSku { .. } | Query::ShardStats { .. }) => Ok(()),
+            Op::Query(Query::SellerSkus { seller_id, .. }) if seller_id == seller => Ok(()),
             Op::Query(Query::GetOrder { id }) => seller_sells(state.order(*id), seller),
             Op::Query(Query::GetReturn { id }) => seller_sells(state.order_of_return(*id), seller),
             Op::Query(_) => deny("a seller may not read users' carts, checkouts or reservations"),
@@ -717,10 +754,22 @@ fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
                 idempotency_records: idem as u64,
             }))
         }
+        Query::SellerSkus { .. }
+        | Query::SellerOrders { .. }
+        | Query::SellerAnalytics { .. }
+        | Query::UserEvents { .. } => crate::listings::answer(slot_view(slot), q),
     }
 }
 
 /// Whether `shutdown` was requested.
 pub fn shutdown_requested(flag: &AtomicBool) -> bool {
     flag.load(Ordering::Relaxed)
+}
+
+fn slot_view(slot: &Slot) -> crate::listings::ShardView<'_> {
+    crate::listings::ShardView {
+        state: slot.shard.state(),
+        events: &slot.events,
+        scan_orders_max: SCAN_ORDERS_MAX,
+    }
 }

@@ -52,8 +52,17 @@ pub const ADMIN_CONCURRENCY_MAX: usize = 16;
 
 const _: () = assert!(HOT_SKUS_REPORTED <= HOT_SKUS_TRACKED);
 const _: () = assert!(RATE_SAMPLES >= 2);
+/// Recent user events (cart and order changes) kept per shard for live
+/// updates; older ones are dropped and readers told of the gap.
+pub const USER_EVENTS_PER_SHARD_MAX: usize = 512;
+/// Orders one `SellerOrders` or `SellerAnalytics` query examines on a shard
+/// before it answers what it has (the gateway asks again from there).
+pub const SCAN_ORDERS_MAX: usize = 50_000;
+
 const _: () = assert!(COMMIT_BATCH_MAX <= SHARD_QUEUE_DEPTH_MAX);
 const _: () = assert!(reserva_protocol::limits::BATCH_OPS_MAX <= SHARD_QUEUE_DEPTH_MAX);
+const _: () =
+    assert!(reserva_protocol::limits::USER_EVENTS_LIMIT_MAX as usize <= USER_EVENTS_PER_SHARD_MAX);
 
 /// Payment idempotency keys the sandbox card provider remembers.
 pub const PAYMENT_KEYS_REMEMBERED_MAX: usize = 1 << 20;

@@ -4,15 +4,63 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use reserva_gateway::RateLimits;
 use reserva_server::auth::AuthTable;
 use reserva_server::checkout_config::CheckoutConfig;
 use reserva_server::config::{FsyncMode, ServerConfig};
+use reserva_server::http::HttpOptions;
 use reserva_server::limits::IO_MEMORY_BYTES_DEFAULT;
 
 /// reserva: sharded order and inventory reservation server.
 #[derive(Debug, Parser)]
-#[command(name = "reserva-server", version)]
+#[command(
+    name = "reserva-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    node: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Runs a standalone REST gateway in front of a node (several may run
+    /// in front of one cluster).
+    Gateway(GatewayArgs),
+}
+
+/// A standalone gateway.
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// Address to serve HTTP on. Without --auth-file it must be a loopback address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// The node's protocol address (its --listen).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    server: String,
+    /// API keys (the node's auth file).
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+    /// Credential to connect to the node with; default: an admin key of --auth-file.
+    #[arg(long)]
+    server_token: Option<String>,
+    /// Requests per minute per tier, e.g. anonymous=100,customer=1000,prime=5000,seller=10000,admin=100000.
+    #[arg(long, default_value = "")]
+    rate_limits: String,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Log filter.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+/// A node.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Data directory (created if missing).
     #[arg(long, default_value = "./reserva-data")]
@@ -56,6 +104,15 @@ struct Args {
     /// --auth-file it must be a loopback address.
     #[arg(long, default_value = "127.0.0.1:7701", value_parser = parse_admin)]
     admin: AdminAddr,
+    /// REST gateway address served by this node, or `off`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Gateway requests per minute per tier, e.g. anonymous=100,customer=1000,prime=5000,seller=10000,admin=100000.
+    #[arg(long, default_value = "")]
+    http_rate_limits: String,
+    /// Gateway worker threads (a tokio runtime beside the executors).
+    #[arg(long, default_value_t = 2)]
+    http_threads: usize,
 }
 
 /// `--admin`: an address, or off.
@@ -72,18 +129,25 @@ fn parse_admin(s: &str) -> Result<AdminAddr, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into());
+    let cli = Cli::parse();
+    let (log, json) = match &cli.command {
+        Some(Sub::Gateway(g)) => (g.log.clone(), false),
+        None => (cli.node.log.clone(), cli.node.log_format == "json"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if args.log_format == "json" {
+    if json {
         logs.json().init();
     } else {
         logs.init();
     }
-    match run(args) {
+    let result = match cli.command {
+        Some(Sub::Gateway(g)) => run_gateway(g),
+        None => run(cli.node),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("reserva-server: {e:#}");
@@ -104,6 +168,32 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cores = args
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u16);
+    // A node that will refuse its --listen address says so first.
+    let refused = auth.is_none() && !args.listen.ip().is_loopback();
+    let http = match args.http.as_str() {
+        "off" => None,
+        _ if refused => None,
+        addr => {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid --http {addr:?} (ADDR:PORT or off): {e}"))?;
+            let rate_limits: RateLimits = args
+                .http_rate_limits
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--http-rate-limits: {e}"))?;
+            let listener = reserva_server::http::bind(addr, auth.as_ref())?;
+            let opts = HttpOptions {
+                addr,
+                rate_limits,
+                threads: args.http_threads,
+            };
+            Some(reserva_server::http::embedded(
+                listener,
+                auth.clone(),
+                opts,
+            )?)
+        }
+    };
     let config = ServerConfig {
         data_dir: args.data,
         listen: args.listen,
@@ -117,5 +207,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         checkout,
         admin: args.admin.0,
     };
-    reserva_server::node::run(config)
+    reserva_server::node::run_with(config, http)
+}
+
+fn run_gateway(g: GatewayArgs) -> anyhow::Result<()> {
+    let auth = match &g.auth_file {
+        Some(path) => Some(AuthTable::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let rate_limits: RateLimits = g
+        .rate_limits
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--rate-limits: {e}"))?;
+    let opts = HttpOptions {
+        addr: g.http,
+        rate_limits,
+        threads: g.threads,
+    };
+    reserva_server::http::standalone(g.server, auth, g.server_token, opts)
 }

@@ -69,8 +69,18 @@ fn reserve_port(addr: SocketAddr) -> anyhow::Result<(Socket, SocketAddr)> {
     Ok((socket, bound))
 }
 
+/// Called once every shard is recovered, with the node's listen address,
+/// before the ready line is printed; returns text appended to the ready line
+/// (` name=value` fields), or an error that stops the node.
+pub type ReadyHook = Box<dyn FnOnce(SocketAddr) -> Result<String, String> + Send>;
+
 /// Runs a node until it is told to stop. Returns once everything is durable.
 pub fn run(config: ServerConfig) -> anyhow::Result<()> {
+    run_with(config, None)
+}
+
+/// [`run`], calling `on_ready` once the node is ready.
+pub fn run_with(config: ServerConfig, on_ready: Option<ReadyHook>) -> anyhow::Result<()> {
     if config.auth.is_none() && !config.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without --auth-file: without API keys reserva serves loopback only \
@@ -205,12 +215,21 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let admin_addr = admin
         .as_ref()
         .map_or_else(|| "off".to_string(), |a| a.addr.to_string());
+    let extra = match on_ready.map(|hook| hook(listen)) {
+        None => String::new(),
+        Some(Ok(fields)) => fields,
+        Some(Err(e)) => {
+            shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            join_all(handles);
+            bail!(e);
+        }
+    };
     let current = map.load();
     let addrs: Vec<&str> = current.cores.iter().map(|c| c.addr.as_str()).collect();
     tracing::info!(%listen, admin = %admin_addr, cores = config.cores, recovery_ms = recovery.as_millis() as u64, "ready");
     // Machine-readable start-up line (tests and scripts wait for it).
     println!(
-        "reserva-server ready listen={listen} cores={} core_addrs={} fsync={:?} admin={admin_addr}",
+        "reserva-server ready listen={listen} cores={} core_addrs={} fsync={:?} admin={admin_addr}{extra}",
         config.cores,
         addrs.join(","),
         config.fsync

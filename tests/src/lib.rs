@@ -58,6 +58,8 @@ pub struct Server {
     pub addr: String,
     /// The admin API's address (`--admin`, port resolved), or `"off"`.
     pub admin: String,
+    /// The embedded REST gateway's address (`http=` of the ready line), if on.
+    pub http: Option<String>,
     /// Its data directory.
     pub data: PathBuf,
     args: Vec<String>,
@@ -65,13 +67,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server on `data` with `127.0.0.1:0` and `extra` arguments; waits until it is ready.
+    /// Starts a server on `data` with `127.0.0.1:0` (and the REST gateway on
+    /// `127.0.0.1:0` unless `extra` names `--http`) and `extra` arguments;
+    /// waits until it is ready.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = Server {
             child: None,
             addr: String::new(),
             admin: String::new(),
+            http: None,
             data: data.to_path_buf(),
             args,
             env: Vec::new(),
@@ -94,6 +99,9 @@ impl Server {
         if !self.args.iter().any(|a| a == "--admin") {
             cmd.args(["--admin", "127.0.0.1:0"]);
         }
+        if !self.args.iter().any(|a| a == "--http") {
+            cmd.args(["--http", "127.0.0.1:0"]);
+        }
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
@@ -114,15 +122,21 @@ impl Server {
                         .find_map(|f| f.strip_prefix("admin="))
                         .unwrap_or("off")
                         .to_string();
-                    let _ = tx.send((addr, admin));
+                    
+                    let http = rest
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("http="))
+                        .map(str::to_owned);
+                    let _ = tx.send((addr, admin, http));
                 }
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok((addr, admin)) = rx.recv_timeout(Duration::from_millis(100)) {
+            if let Ok((addr, admin, http)) = rx.recv_timeout(Duration::from_millis(100)) {
                 self.addr = addr;
                 self.admin = admin;
+                self.http = http;
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -145,6 +159,7 @@ impl Server {
             addr: String::new(),
             data: data.to_path_buf(),
             admin: String::new(),
+            http: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()

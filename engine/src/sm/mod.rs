@@ -14,6 +14,7 @@ mod fulfilment;
 mod image;
 mod inventory;
 mod orders;
+pub mod queries;
 mod state;
 mod types;
 mod validate;

@@ -40,6 +40,7 @@ use reserva_engine::sm::Command;
 use reserva_protocol::{Op, Query, WireError};
 
 use super::{Core, Forwarded, Pending, Slot};
+use crate::events::EventRing;
 use crate::limits::{HOT_SKUS_REPORTED, HOT_SKUS_TRACKED, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
 use crate::metrics::{self, ShardGauges, Shed};
 use crate::node::{shard_config, shard_dir};
@@ -511,8 +512,10 @@ impl Core {
         let tick_queued = queue
             .iter()
             .any(|p| matches!(&p.op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })));
+        let events = EventRing::new(shard_state.last_lsn());
         let slot = Slot {
             shard: shard_state,
+            events,
             in_ready: !queue.is_empty(),
             queue,
             tick_queued,

@@ -1,0 +1,40 @@
+//! Every bound the gateway enforces, in one place. Units come last in names.
+
+use std::time::Duration;
+
+/// Largest request body, in bytes; larger bodies get 413 `payload_too_large`.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Longest id in a path, query or body (SKU, warehouse, user, seller), in bytes.
+pub const ID_BYTES_MAX: usize = reserva_protocol::engine::limits::ID_BYTES_MAX;
+/// Longest `Idempotency-Key` header value, in bytes (the gateway prefixes it
+/// with the caller's scope; the result must fit the engine's id limit).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 40;
+/// Shard queries of one scatter-gather in flight at once.
+pub const SCATTER_CONCURRENCY_MAX: usize = 32;
+/// How long a scatter-gather waits for all shards; later answers are left
+/// out and the answer says `partial`.
+pub const SCATTER_DEADLINE: Duration = Duration::from_secs(2);
+/// Page size of listings when `limit` is not given.
+pub const PAGE_LIMIT_DEFAULT: u32 = 20;
+/// Largest page size of listings.
+pub const PAGE_LIMIT_MAX: u32 = reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
+/// Most SKUs a low-stock answer lists.
+pub const LOW_STOCK_RESULTS_MAX: usize = 1_000;
+/// SKUs listed under `top_skus` in seller analytics.
+pub const TOP_SKUS: usize = 10;
+/// Open server-sent-event streams per gateway; past it, 503 `overloaded`.
+pub const SSE_STREAMS_MAX: usize = 1_024;
+/// How often an event stream polls its user's shard.
+pub const SSE_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Rate-limit buckets kept (keys plus client IPs); past it, idle full
+/// buckets are dropped, and if none is idle new clients share one overflow bucket.
+pub const RATE_BUCKETS_MAX: usize = 100_000;
+/// `Retry-After` seconds sent with 503 when the shards are overloaded or unreachable.
+pub const OVERLOADED_RETRY_AFTER_S: u64 = 1;
+/// Routes counted separately in metrics (route templates, bounded by the router).
+pub const METRIC_SERIES_MAX: usize = 1_024;
+
+const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX + 20 <= ID_BYTES_MAX);
+const _: () = assert!(PAGE_LIMIT_DEFAULT <= PAGE_LIMIT_MAX);
+const _: () =
+    assert!((LOW_STOCK_RESULTS_MAX as u32) <= reserva_protocol::limits::SELLER_SKUS_LIMIT_MAX);

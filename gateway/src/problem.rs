@@ -1,0 +1,275 @@
+//! RFC 9457 problem details: every error the gateway answers.
+//!
+//! Each carries a stable `code` (documented in `docs/rest-api.md`); clients
+//! branch on `code`, never on `title` or `detail`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use reserva_client::ClientError;
+use reserva_protocol::WireError;
+use reserva_protocol::engine::EngineError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::limits::OVERLOADED_RETRY_AFTER_S;
+
+/// The stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Malformed JSON, unknown fields, wrong types, values out of range, bad ids.
+    InvalidRequest,
+    /// No such resource (or not visible to the caller).
+    NotFound,
+    /// Not enough stock to reserve or check out.
+    InsufficientStock,
+    /// The payment was declined.
+    PaymentDeclined,
+    /// The idempotency key was used with another request.
+    IdempotencyConflict,
+    /// No or an unknown API key.
+    Unauthorized,
+    /// The key's role may not do this.
+    Forbidden,
+    /// Too many requests for the caller's tier.
+    RateLimited,
+    /// The shards are overloaded or unreachable; retry later.
+    Overloaded,
+    /// The resource's state does not allow this (illegal status transition,
+    /// stock below what is reserved, expired reservation, a full cart).
+    Conflict,
+    /// The body exceeds the size limit.
+    PayloadTooLarge,
+    /// A bug or an unexpected answer from the shards.
+    Internal,
+}
+
+impl Code {
+    /// The code's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "invalid_request",
+            Code::NotFound => "not_found",
+            Code::InsufficientStock => "insufficient_stock",
+            Code::PaymentDeclined => "payment_declined",
+            Code::IdempotencyConflict => "idempotency_conflict",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::RateLimited => "rate_limited",
+            Code::Overloaded => "overloaded",
+            Code::Conflict => "conflict",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::Internal => "internal",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "The request is invalid",
+            Code::NotFound => "Not found",
+            Code::InsufficientStock => "Insufficient stock",
+            Code::PaymentDeclined => "Payment declined",
+            Code::IdempotencyConflict => "Idempotency key reused with another request",
+            Code::Unauthorized => "Missing or unknown API key",
+            Code::Forbidden => "Not allowed for this API key",
+            Code::RateLimited => "Too many requests",
+            Code::Overloaded => "Service overloaded, retry later",
+            Code::Conflict => "Conflicts with the current state",
+            Code::PayloadTooLarge => "Request body too large",
+            Code::Internal => "Internal error",
+        }
+    }
+}
+
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:reserva:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short, human-readable summary of the problem type.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What exactly went wrong.
+    pub detail: String,
+    /// Stable machine-readable code: invalid_request, not_found,
+    /// insufficient_stock, payment_declined, idempotency_conflict,
+    /// unauthorized, forbidden, rate_limited, overloaded, conflict,
+    /// payload_too_large, internal.
+    pub code: String,
+}
+
+/// An error answer: status, code, detail and an optional `Retry-After`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: Code,
+    /// Detail text.
+    pub detail: String,
+    /// Seconds for `Retry-After`.
+    pub retry_after_s: Option<u64>,
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// An error with `status`, `code` and `detail`.
+    pub fn new(status: StatusCode, code: Code, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after_s: None,
+        }
+    }
+    /// 400 `invalid_request`.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Code::InvalidRequest, detail)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, Code::NotFound, detail)
+    }
+    /// 403 `forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, Code::Forbidden, detail)
+    }
+    /// 401 `unauthorized`.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, detail)
+    }
+    /// 409 `conflict`.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, Code::Conflict, detail)
+    }
+    /// 503 `overloaded` with `Retry-After`.
+    pub fn overloaded(detail: impl Into<String>, retry_after_s: u64) -> Self {
+        ApiError {
+            retry_after_s: Some(retry_after_s.max(1)),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, Code::Overloaded, detail)
+        }
+    }
+    /// 500 `internal`.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, detail)
+    }
+
+    /// The problem document.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_: format!("urn:reserva:problem:{}", self.code.as_str()),
+            title: self.code.title().to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.as_str().to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = self.retry_after_s
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<WireError> for ApiError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Engine(e) => engine_error(e),
+            WireError::NotFound { what, id } => {
+                ApiError::not_found(format!("{what} {id} not found"))
+            }
+            WireError::Overloaded { retry_after_ms } => ApiError::overloaded(
+                "the shard's queue is full",
+                u64::from(retry_after_ms).div_ceil(1000),
+            ),
+            WireError::InvalidRequest { reason } => ApiError::invalid(reason),
+            WireError::Unauthorized { reason } => ApiError::forbidden(reason),
+            WireError::FrameTooLarge { max_bytes } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::PayloadTooLarge,
+                format!("the request or its answer exceeds {max_bytes} bytes"),
+            ),
+            e @ (WireError::Unavailable { .. }
+            | WireError::Timeout
+            | WireError::WrongShard { .. }) => {
+                ApiError::overloaded(e.to_string(), OVERLOADED_RETRY_AFTER_S)
+            }
+            other => ApiError::overloaded(other.to_string(), OVERLOADED_RETRY_AFTER_S),
+        }
+    }
+}
+
+/// Capacity limits of a whole shard: the service is full, not the request wrong.
+const SHARD_CAPACITY_LIMITS: [&str; 6] = [
+    "IDEMPOTENCY_RECORDS_MAX",
+    "RESERVATIONS_LIVE_MAX",
+    "SKUS_MAX",
+    "ORDERS_MAX",
+    "CARTS_MAX",
+    "SEQUENCE_MAX",
+];
+
+fn engine_error(e: EngineError) -> ApiError {
+    let detail = e.to_string();
+    match e {
+        EngineError::InvalidInput { .. } | EngineError::WrongShard { .. } => {
+            ApiError::invalid(detail)
+        }
+        EngineError::UnknownSku { .. }
+        | EngineError::UnknownWarehouse { .. }
+        | EngineError::UnknownReservation { .. }
+        | EngineError::UnknownOrder { .. } => ApiError::not_found(detail),
+        EngineError::InsufficientStock { .. } => {
+            ApiError::new(StatusCode::CONFLICT, Code::InsufficientStock, detail)
+        }
+        EngineError::UnknownCheckout { .. } | EngineError::UnknownReturn { .. } => {
+            ApiError::not_found(detail)
+        }
+        EngineError::PaymentDeclined { .. }
+        | EngineError::PaymentFailed { .. }
+        | EngineError::FraudRejected { .. } => {
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, Code::PaymentDeclined, detail)
+        }
+        EngineError::IdempotencyConflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, Code::IdempotencyConflict, detail)
+        }
+        EngineError::LimitReached { ref limit, .. }
+            if SHARD_CAPACITY_LIMITS.contains(&limit.as_str()) =>
+        {
+            ApiError::overloaded(detail, OVERLOADED_RETRY_AFTER_S)
+        }
+        _ => ApiError::conflict(detail),
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Server(w) => w.into(),
+            ClientError::Protocol(_) | ClientError::UnexpectedReply { .. } => {
+                tracing::error!(error = %e, "unexpected answer from the shards");
+                ApiError::internal("unexpected answer from the shards")
+            }
+            other => ApiError::overloaded(
+                format!("shards unreachable: {other}"),
+                OVERLOADED_RETRY_AFTER_S,
+            ),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Carts.
+
+use axum::Json;
+use axum::extract::State;
+use reserva_protocol::engine::{Command, Outcome, Request};
+
+use crate::App;
+use crate::caller::Caller;
+use crate::extract::{IdempotencyKey, JsonBody, PathParams, check_id};
+use crate::model::{CartView, SetQty};
+use crate::problem::{ApiError, ApiResult, Problem};
+
+/// A user's cart.
+#[utoipa::path(get, path = "/v1/users/{user_id}/cart", tag = "carts",
+    params(("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, body = CartView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn get_cart(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(user_id): PathParams<String>,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    caller.require_user(&user_id)?;
+    let items = app.client().get_cart(user_id.as_str()).await?;
+    Ok(Json(CartView::new(&user_id, &items)))
+}
+
+async fn change(
+    app: &App,
+    caller: &Caller,
+    idem: &IdempotencyKey,
+    user_id: &str,
+    command: Command,
+) -> ApiResult<Json<CartView>> {
+    let outcome = app
+        .client()
+        .apply(Request {
+            idempotency_key: idem.wire(caller),
+            command,
+        })
+        .await?;
+    match outcome {
+        Outcome::Cart { items } => Ok(Json(CartView::new(user_id, &items))),
+        other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// Sets the quantity of a SKU in the cart (adds it if absent). Other
+/// devices of the user see a `cart` event.
+#[utoipa::path(put, path = "/v1/users/{user_id}/cart/items/{sku}", tag = "carts", request_body = SetQty,
+    params(("user_id" = String, Path, description = "User id"), ("sku" = String, Path, description = "SKU id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key apply once")),
+    responses(
+        (status = 200, body = CartView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The cart is full", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn set_item(
+    State(app): State<App>,
+    caller: Caller,
+    idem: IdempotencyKey,
+    PathParams((user_id, sku)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody<SetQty>,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    check_id("sku", &sku)?;
+    caller.require_user(&user_id)?;
+    if body.qty == 0 {
+        return Err(ApiError::invalid(
+            "qty must be at least 1 (DELETE removes an item)",
+        ));
+    }
+    let command = Command::CartSet {
+        user_id: user_id.clone(),
+        sku,
+        qty: body.qty,
+    };
+    change(&app, &caller, &idem, &user_id, command).await
+}
+
+/// Removes a SKU from the cart.
+#[utoipa::path(delete, path = "/v1/users/{user_id}/cart/items/{sku}", tag = "carts",
+    params(("user_id" = String, Path, description = "User id"), ("sku" = String, Path, description = "SKU id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key apply once")),
+    responses(
+        (status = 200, body = CartView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn remove_item(
+    State(app): State<App>,
+    caller: Caller,
+    idem: IdempotencyKey,
+    PathParams((user_id, sku)): PathParams<(String, String)>,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    check_id("sku", &sku)?;
+    caller.require_user(&user_id)?;
+    let command = Command::CartRemove {
+        user_id: user_id.clone(),
+        sku,
+    };
+    change(&app, &caller, &idem, &user_id, command).await
+}
