@@ -124,6 +124,7 @@ impl Server {
         let mut s = Server {
             child: None,
             addr: String::new(),
+            http: None,
             data: data.to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: env
