@@ -84,6 +84,9 @@ impl Http {
     }
 }
 
+/// Method, path, body, expected status and code.
+type BadCase = (Method, String, Option<Vec<u8>>, StatusCode, &'static str);
+
 const AUTH: &str = r#"
 [[keys]]
 token = "admin-token-1"
@@ -242,7 +245,7 @@ async fn inventory_reservations_idempotency_and_bad_input() {
 
     // Bad input: always 4xx with a problem document, never 5xx.
     let long = "x".repeat(65);
-    let cases: Vec<(Method, String, Option<Vec<u8>>, StatusCode, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             Method::POST,
             "/v1/reservations".into(),
