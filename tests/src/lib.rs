@@ -157,6 +157,7 @@ impl Server {
         let mut s = Server {
             child: None,
             addr: String::new(),
+            http: None,
             data: data.to_path_buf(),
             admin: String::new(),
             http: None,
