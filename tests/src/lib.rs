@@ -160,7 +160,6 @@ impl Server {
             http: None,
             data: data.to_path_buf(),
             admin: String::new(),
-            http: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
