@@ -122,7 +122,7 @@ impl Server {
                         .find_map(|f| f.strip_prefix("admin="))
                         .unwrap_or("off")
                         .to_string();
-                    
+
                     let http = rest
                         .split_whitespace()
                         .find_map(|f| f.strip_prefix("http="))
