@@ -69,11 +69,18 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the HTTP runtime")
 }
 
-fn config(auth: Option<AuthTable>, opts: &HttpOptions) -> GatewayConfig {
+/// The gateway's configuration; an embedded gateway appends the node's own
+/// metrics (`crate::metrics::render`) to its `/metrics`.
+fn config(auth: Option<AuthTable>, opts: &HttpOptions, embedded: bool) -> GatewayConfig {
+    let metrics_hook: Option<reserva_gateway::MetricsHook> = if embedded {
+        Some(Arc::new(crate::metrics::render))
+    } else {
+        None
+    };
     GatewayConfig {
         auth: auth.map(Arc::new),
         rate_limits: opts.rate_limits,
-        metrics_hook: None,
+        metrics_hook,
     }
 }
 
@@ -101,7 +108,7 @@ pub fn embedded(
     Ok(Box::new(move |listen: SocketAddr| {
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let rt = runtime(opts.threads).map_err(|e| format!("{e:#}"))?;
-        let cfg = config(auth, &opts);
+        let cfg = config(auth, &opts, true);
         std::thread::Builder::new()
             .name("http-gateway".into())
             .spawn(move || {
@@ -154,7 +161,7 @@ pub fn standalone(
     let listener = bind(opts.addr, auth.as_ref())?;
     let bound = listener.local_addr()?;
     let rt = runtime(opts.threads)?;
-    let cfg = config(auth, &opts);
+    let cfg = config(auth, &opts, false);
     rt.block_on(async move {
         let mut wait = Duration::from_millis(100);
         let client = loop {
