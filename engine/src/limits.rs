@@ -49,6 +49,9 @@ pub const CARTS_MAX: usize = 1 << 22;
 pub const CART_ITEMS_MAX: usize = 200;
 /// Lines in one order.
 pub const ORDER_LINES_MAX: usize = 64;
+/// Lines of an order placed by checkout: one per SKU and shipping warehouse,
+/// so a line split over warehouses counts once per warehouse.
+pub const CHECKOUT_ORDER_LINES_MAX: usize = ORDER_LINES_MAX * 4;
 
 /// Longest field of a shipping address (name, lines, city, region, postal code), in bytes.
 pub const ADDRESS_FIELD_BYTES_MAX: usize = 128;
@@ -98,10 +101,9 @@ pub const SHARD_COUNT: u16 = 256;
 pub const SEQUENCE_MAX: u64 = (1 << 56) - 1;
 
 const _: () = assert!(TTL_MS_MIN <= TTL_MS_DEFAULT && TTL_MS_DEFAULT <= TTL_MS_MAX);
-// An order placed by checkout has up to `ORDER_LINES_MAX * 4` lines (one per
-// SKU and shipping warehouse). Approving a review (one capture) and then
-// cancelling (a restock per line and a refund) must fit its effects.
-const _: () = assert!(ORDER_EFFECTS_MAX >= ORDER_LINES_MAX * 4 + 2);
+// Approving a review (one capture) and then cancelling (a restock per line
+// and a refund) must fit an order's effects.
+const _: () = assert!(ORDER_EFFECTS_MAX >= CHECKOUT_ORDER_LINES_MAX + 2);
 const _: () = assert!(RESERVATION_ALLOCATIONS_MAX >= RESERVATION_LINES_MAX);
 const _: () = assert!(WAREHOUSE_PREFERENCE_MAX <= WAREHOUSES_PER_SKU_MAX);
 // Sums of a whole reservation's quantities, or of every warehouse of a SKU, cannot overflow u64.

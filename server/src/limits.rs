@@ -75,6 +75,9 @@ pub const EFFECT_RUNNERS_PER_CORE_MAX: usize = 65_536;
 /// Attempts of one saga call (a shard request or a provider call) before the
 /// step is given up: a failing payment compensates, other steps retry later.
 pub const SAGA_CALL_ATTEMPTS: u32 = 5;
+/// Saga steps failing in a row before a checkout driver pauses (the checkout
+/// resumes at the next retry of its key, or at restart).
+pub const SAGA_STEP_FAILURES_MAX: u32 = 20;
 /// First wait between attempts; doubles up to `SAGA_BACKOFF_MAX`.
 pub const SAGA_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 /// Longest wait between attempts.

@@ -34,7 +34,7 @@ use crate::checkout_config::{CheckoutConfig, delivery_days, distance_km};
 use crate::core::{Core, Pending, Scope, now_ms};
 use crate::limits::{
     EFFECT_RUNNERS_PER_CORE_MAX, SAGA_BACKOFF_FIRST, SAGA_BACKOFF_MAX, SAGA_CALL_ATTEMPTS,
-    SAGA_WAITERS_MAX, SAGAS_PER_CORE_MAX,
+    SAGA_STEP_FAILURES_MAX, SAGA_WAITERS_MAX, SAGAS_PER_CORE_MAX,
 };
 use crate::payments::{CardProvider, PaymentError, SandboxCards};
 
@@ -263,10 +263,6 @@ fn final_answer(c: Checkout) -> OpResult {
     }
 }
 
-/// Steps failing in a row before the driver gives up for now (the checkout
-/// resumes at the next attach or restart).
-const DRIVER_FAILURES_MAX: u32 = 20;
-
 async fn drive(core: &Rc<Core>, id: CheckoutId) -> OpResult {
     let shard = id.shard();
     let mut failures = 0;
@@ -310,7 +306,7 @@ async fn drive(core: &Rc<Core>, id: CheckoutId) -> OpResult {
             Err(e) => {
                 failures += 1;
                 tracing::warn!(checkout = %id, state = c.state.as_str(), error = %e, "checkout step failed; retrying");
-                if failures >= DRIVER_FAILURES_MAX || core.is_stopping() {
+                if failures >= SAGA_STEP_FAILURES_MAX || core.is_stopping() {
                     return Err(WireError::Unavailable {
                         shard,
                         reason: format!(

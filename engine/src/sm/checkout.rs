@@ -401,7 +401,7 @@ impl ShardState {
     }
 
     /// Ends the store-credit hold of checkout `id`: captured (spent) or released.
-    fn credit_settle(&mut self, user_id: &str, id: CheckoutId, capture: bool) {
+    pub(crate) fn credit_settle(&mut self, user_id: &str, id: CheckoutId, capture: bool) {
         if let Some(account) = self.credit.get_mut(user_id)
             && let Some(i) = account.holds.iter().position(|(c, _)| *c == id)
         {
@@ -419,8 +419,11 @@ impl ShardState {
         id: CheckoutId,
         estimates: &[DeliveryEstimate],
     ) -> Result<CommerceOutcome, EngineError> {
-        if estimates.len() > CHECKOUT_HOLDS_MAX * 4 {
-            return Err(invalid("estimates", "more than one per allocation"));
+        if estimates.len() > CHECKOUT_ORDER_LINES_MAX {
+            return Err(invalid(
+                "estimates",
+                format!("more than CHECKOUT_ORDER_LINES_MAX ({CHECKOUT_ORDER_LINES_MAX})"),
+            ));
         }
         let c = self.checkout_in(id, &[CheckoutState::Authorized])?.clone();
         if self.orders.len() >= ORDERS_MAX {
@@ -454,8 +457,11 @@ impl ShardState {
             }
         }
         // ORDER_EFFECTS_MAX is asserted (limits.rs) to fit cancelling this many lines.
-        if lines.len() > ORDER_LINES_MAX * 4 {
-            return Err(limit_reached("ORDER_LINES_MAX", ORDER_LINES_MAX as u64));
+        if lines.len() > CHECKOUT_ORDER_LINES_MAX {
+            return Err(limit_reached(
+                "CHECKOUT_ORDER_LINES_MAX",
+                CHECKOUT_ORDER_LINES_MAX as u64,
+            ));
         }
         let mut sellers: Vec<String> = c.prices.iter().map(|p| p.seller_id.clone()).collect();
         sellers.sort();
@@ -708,16 +714,7 @@ impl ShardState {
             return Err(limit_reached("USERS_TRACKED_MAX", USERS_TRACKED_MAX as u64));
         }
         self.user_mut(now, user_id);
-        let account = self
-            .credit
-            .entry(user_id.to_owned())
-            .or_insert_with(|| CreditAccount {
-                user_id: user_id.to_owned(),
-                currency: amount.currency,
-                balance_minor: 0,
-                held_minor: 0,
-                holds: Vec::new(),
-            });
+        let account = self.credit_account_mut(user_id, amount.currency);
         account.balance_minor += amount.amount_minor;
         Ok(CommerceOutcome::Credit {
             account: account.clone(),
@@ -726,24 +723,22 @@ impl ShardState {
 
     /// Adds `amount` back to the user's store credit (a refund).
     pub(crate) fn credit_refund(&mut self, user_id: &str, amount: Money) {
-        let account = self
-            .credit
-            .entry(user_id.to_owned())
-            .or_insert_with(|| CreditAccount {
-                user_id: user_id.to_owned(),
-                currency: amount.currency,
-                balance_minor: 0,
-                held_minor: 0,
-                holds: Vec::new(),
-            });
+        let account = self.credit_account_mut(user_id, amount.currency);
         account.balance_minor =
             (account.balance_minor + amount.amount_minor).min(CREDIT_BALANCE_MINOR_MAX);
     }
 
-    /// Ends the store-credit hold of a checkout whose order was approved or
-    /// rejected after review.
-    pub(crate) fn credit_settle_review(&mut self, user_id: &str, id: CheckoutId, capture: bool) {
-        self.credit_settle(user_id, id, capture);
+    /// The user's store-credit account, opened empty in `currency` if absent.
+    fn credit_account_mut(&mut self, user_id: &str, currency: Currency) -> &mut CreditAccount {
+        self.credit
+            .entry(user_id.to_owned())
+            .or_insert_with(|| CreditAccount {
+                user_id: user_id.to_owned(),
+                currency,
+                balance_minor: 0,
+                held_minor: 0,
+                holds: Vec::new(),
+            })
     }
 
     fn user_mut(&mut self, now: u64, user_id: &str) -> &mut UserRecord {

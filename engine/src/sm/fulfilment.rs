@@ -246,7 +246,7 @@ impl ShardState {
             self.credit_refund(&user_id, amount);
         }
         if let Some((checkout, capture)) = credit_settle {
-            self.credit_settle_review(&user_id, checkout, capture);
+            self.credit_settle(&user_id, checkout, capture);
         }
         Ok(CommerceOutcome::Order {
             order,
