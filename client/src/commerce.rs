@@ -2,9 +2,9 @@
 
 use reserva_protocol::card::tokenize_card;
 use reserva_protocol::engine::{
-    Address, Checkout, CheckoutId, CheckoutSource, Command, CommerceCommand, CommerceOutcome,
-    CreditAccount, Money, Order, OrderAction, OrderId, Outcome, PaymentMethod, Request,
-    ReserveLine, ReturnAction, ReturnId,
+    Address, CartItem, Checkout, CheckoutId, CheckoutSource, Command, CommerceCommand,
+    CommerceOutcome, CreditAccount, Money, Order, OrderAction, OrderId, Outcome, PaymentMethod,
+    Request, ReserveLine, ReturnAction, ReturnId,
 };
 use reserva_protocol::{Op, Query, Reply, WireError};
 
@@ -239,5 +239,68 @@ impl Client {
             Reply::Credit(account) => Ok(account),
             other => Err(unexpected("GetCredit", &other)),
         }
+    }
+
+    /// Sets the quantity of a SKU in a user's wishlist (adds it if absent).
+    /// Returns the wishlist, sorted by SKU.
+    pub async fn wishlist_set(
+        &self,
+        user_id: impl Into<String>,
+        sku: impl Into<String>,
+        qty: u32,
+        idempotency_key: Option<String>,
+    ) -> Result<Vec<CartItem>, ClientError> {
+        let command = CommerceCommand::WishlistSet {
+            user_id: user_id.into(),
+            sku: sku.into(),
+            qty,
+        };
+        let outcome = self
+            .commerce("WishlistSet", idempotency_key, command)
+            .await?;
+        wishlist_items("WishlistSet", outcome)
+    }
+
+    /// Removes a SKU from a user's wishlist (no error if absent). Returns the wishlist.
+    pub async fn wishlist_remove(
+        &self,
+        user_id: impl Into<String>,
+        sku: impl Into<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<Vec<CartItem>, ClientError> {
+        let command = CommerceCommand::WishlistRemove {
+            user_id: user_id.into(),
+            sku: sku.into(),
+        };
+        let outcome = self
+            .commerce("WishlistRemove", idempotency_key, command)
+            .await?;
+        wishlist_items("WishlistRemove", outcome)
+    }
+
+    /// A user's wishlist, sorted by SKU (empty if none).
+    pub async fn get_wishlist(
+        &self,
+        user_id: impl Into<String>,
+    ) -> Result<Vec<CartItem>, ClientError> {
+        match self
+            .execute(Op::Query(Query::GetWishlist {
+                user_id: user_id.into(),
+            }))
+            .await?
+        {
+            Reply::Wishlist(items) => Ok(items),
+            other => Err(unexpected("GetWishlist", &other)),
+        }
+    }
+}
+
+fn wishlist_items(name: &str, outcome: CommerceOutcome) -> Result<Vec<CartItem>, ClientError> {
+    match outcome {
+        CommerceOutcome::Wishlist { items } => Ok(items),
+        other => Err(unexpected(
+            name,
+            &Reply::Outcome(Outcome::Commerce(Box::new(other))),
+        )),
     }
 }

@@ -47,6 +47,10 @@ pub const ORDERS_MAX: usize = 1 << 24;
 pub const CARTS_MAX: usize = 1 << 22;
 /// Distinct SKUs in one cart.
 pub const CART_ITEMS_MAX: usize = 200;
+/// Users with a non-empty wishlist on one shard.
+pub const WISHLISTS_MAX: usize = 1 << 22;
+/// Distinct SKUs in one wishlist.
+pub const WISHLIST_ITEMS_MAX: usize = 500;
 /// Lines in one order.
 pub const ORDER_LINES_MAX: usize = 64;
 /// Lines of an order placed by checkout: one per SKU and shipping warehouse,

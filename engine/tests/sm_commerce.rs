@@ -2298,6 +2298,8 @@ fn deliver_is_only_for_shipped_orders() {
 enum Op {
     Grant(usize, u64, bool),
     Cart(usize, usize, u32),
+    /// Set (qty > 0) or remove (qty 0) a wishlist item.
+    Wish(usize, usize, u32),
     Begin {
         user: usize,
         method: usize,
@@ -2327,6 +2329,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..USERS, 0u64..6_000, any::<bool>()).prop_map(|(u, a, c)| Op::Grant(u, a, c)),
         1 => (0..USERS, 0usize..3, 0u32..3).prop_map(|(u, s, q)| Op::Cart(u, s, q)),
+        1 => (0..USERS, 0usize..4, 0u32..3).prop_map(|(u, s, q)| Op::Wish(u, s, q)),
         4 => (0..USERS, 0usize..5, any::<bool>(), any::<bool>()).prop_map(
             |(user, method, from_cart, country)| Op::Begin { user, method, from_cart, country }
         ),
@@ -2349,6 +2352,8 @@ struct Run {
     now: u64,
     journal: Vec<(u64, Request)>,
     checkouts: Vec<CheckoutId>,
+    /// What every wishlist must hold: user -> sku -> qty.
+    wishlists: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>,
 }
 
 impl Run {
@@ -2422,6 +2427,40 @@ impl Run {
                 });
                 if amount.amount_minor == 0 {
                     assert!(r.is_err());
+                }
+            }
+            Op::Wish(u, s, q) => {
+                let sku = format!("sku-{}", ["a", "b", "c", "elsewhere"][s]);
+                let c = if q == 0 {
+                    CommerceCommand::WishlistRemove {
+                        user_id: user(u),
+                        sku: sku.clone(),
+                    }
+                } else {
+                    CommerceCommand::WishlistSet {
+                        user_id: user(u),
+                        sku: sku.clone(),
+                        qty: q,
+                    }
+                };
+                let model = self.wishlists.entry(user(u)).or_default();
+                if q == 0 {
+                    model.remove(&sku);
+                } else {
+                    model.insert(sku, q);
+                }
+                let expected: Vec<CartItem> = model
+                    .iter()
+                    .map(|(sku, qty)| CartItem {
+                        sku: sku.clone(),
+                        qty: *qty,
+                    })
+                    .collect();
+                match self.commerce(c).unwrap() {
+                    Outcome::Commerce(o) => {
+                        assert_eq!(*o, CommerceOutcome::Wishlist { items: expected })
+                    }
+                    other => panic!("not a wishlist: {other:?}"),
                 }
             }
             Op::Cart(u, s, q) => {
@@ -2700,6 +2739,16 @@ impl Run {
     /// What must hold after every step, beyond `check_invariants`.
     fn check(&self) {
         self.s.check_invariants().unwrap();
+        for (user_id, model) in &self.wishlists {
+            let held: Vec<(&str, u32)> = self
+                .s
+                .wishlist(user_id)
+                .iter()
+                .map(|i| (i.sku.as_str(), i.qty))
+                .collect();
+            let want: Vec<(&str, u32)> = model.iter().map(|(s, q)| (s.as_str(), *q)).collect();
+            assert_eq!(held, want, "wishlist of {user_id}");
+        }
         for o in self.s.orders() {
             let Some(f) = o.fulfilment.as_deref() else {
                 continue;
@@ -2780,6 +2829,7 @@ proptest! {
             now: T0,
             journal: Vec::new(),
             checkouts: Vec::new(),
+            wishlists: Default::default(),
         };
         for op in ops {
             run.step(op);
@@ -2803,4 +2853,122 @@ proptest! {
         prop_assert_eq!(a.apply(later, &tick), b.apply(later, &tick));
         prop_assert_eq!(a.checksum(), b.checksum());
     }
+}
+
+fn wish(user_id: &str, sku: &str, qty: u32) -> CommerceCommand {
+    CommerceCommand::WishlistSet {
+        user_id: user_id.into(),
+        sku: sku.into(),
+        qty,
+    }
+}
+
+fn unwish(user_id: &str, sku: &str) -> CommerceCommand {
+    CommerceCommand::WishlistRemove {
+        user_id: user_id.into(),
+        sku: sku.into(),
+    }
+}
+
+fn wishlist_of(o: CommerceOutcome) -> Vec<(String, u32)> {
+    match o {
+        CommerceOutcome::Wishlist { items } => items.into_iter().map(|i| (i.sku, i.qty)).collect(),
+        other => panic!("not a wishlist: {other:?}"),
+    }
+}
+
+#[test]
+fn a_wishlist_keeps_items_sorted_and_apart_from_the_cart() {
+    let mut shop = Shop::new();
+    let u = user(0);
+    assert!(shop.s.wishlist(&u).is_empty());
+    shop.ok(wish(&u, "sku-b", 1));
+    let items = wishlist_of(shop.ok(wish(&u, "sku-a", 3)));
+    assert_eq!(items, vec![("sku-a".into(), 3), ("sku-b".into(), 1)]);
+    // Setting again replaces the quantity.
+    let items = wishlist_of(shop.ok(wish(&u, "sku-a", 7)));
+    assert_eq!(items, vec![("sku-a".into(), 7), ("sku-b".into(), 1)]);
+    // The cart is another list.
+    assert!(shop.s.cart(&u).is_empty());
+    shop.s
+        .apply(
+            shop.now + 1,
+            &Request::new(Command::CartSet {
+                user_id: u.clone(),
+                sku: "sku-c".into(),
+                qty: 1,
+            }),
+        )
+        .unwrap();
+    assert_eq!(shop.s.wishlist(&u).len(), 2);
+    // Removing something absent is not an error; removing the last item drops the list.
+    assert_eq!(wishlist_of(shop.ok(unwish(&u, "sku-z"))).len(), 2);
+    shop.ok(unwish(&u, "sku-a"));
+    assert_eq!(wishlist_of(shop.ok(unwish(&u, "sku-b"))), vec![]);
+    assert!(shop.s.wishlist(&u).is_empty());
+    assert!(shop.s.to_image().wishlists.is_empty());
+    assert_eq!(wishlist_of(shop.ok(unwish(&u, "sku-b"))), vec![]);
+}
+
+#[test]
+fn wishlist_input_and_size_are_checked() {
+    let mut shop = Shop::new();
+    let u = user(1);
+    assert!(matches!(
+        shop.refused(wish(&u, "sku-a", 0)),
+        EngineError::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        shop.refused(wish(&u, "", 1)),
+        EngineError::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        shop.refused(wish(&u, &"x".repeat(ID_BYTES_MAX + 1), 1)),
+        EngineError::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        shop.refused(wish(&u, "sku-a", LINE_QTY_MAX + 1)),
+        EngineError::InvalidInput { .. }
+    ));
+    // A user of another shard is not this shard's to keep.
+    let foreign = key_on_shard("user-", SHARD + 1, 0);
+    assert_eq!(
+        shop.refused(wish(&foreign, "sku-a", 1)),
+        EngineError::WrongShard { owner: SHARD + 1 }
+    );
+    assert_eq!(
+        shop.refused(unwish(&foreign, "sku-a")),
+        EngineError::WrongShard { owner: SHARD + 1 }
+    );
+    for i in 0..WISHLIST_ITEMS_MAX {
+        shop.ok(wish(&u, &format!("sku-{i:04}"), 1));
+    }
+    assert!(matches!(
+        shop.refused(wish(&u, "sku-one-more", 1)),
+        EngineError::LimitReached { .. }
+    ));
+    // An item already listed can still change.
+    shop.ok(wish(&u, "sku-0000", 2));
+    assert_eq!(shop.s.wishlist(&u).len(), WISHLIST_ITEMS_MAX);
+}
+
+#[test]
+fn wishlists_survive_the_image_and_change_the_checksum() {
+    let mut shop = Shop::new();
+    let u = user(2);
+    let empty = shop.s.checksum();
+    shop.ok(wish(&u, "sku-a", 1));
+    assert_ne!(shop.s.checksum(), empty);
+    let image = shop.s.to_image();
+    assert_eq!(image.wishlists.len(), 1);
+    let restored = ShardState::from_image(image).unwrap();
+    assert_eq!(restored.wishlist(&u), shop.s.wishlist(&u));
+    assert_eq!(restored.checksum(), shop.s.checksum());
+    // An unsorted wishlist in an image is refused.
+    let mut bad = shop.s.to_image();
+    bad.wishlists[0].items.push(CartItem {
+        sku: "sku-0".into(),
+        qty: 1,
+    });
+    assert!(ShardState::from_image(bad).is_err());
 }

@@ -220,7 +220,7 @@ pub struct CartItemView {
     pub qty: u32,
 }
 
-/// A user's cart.
+/// A user's cart or wishlist (the same shape).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CartView {
     /// Owner.
@@ -638,20 +638,20 @@ pub struct Health {
     pub shards: u32,
 }
 
-/// One server-sent event's `data` (event type `cart`, `order` or `resync`).
+/// One server-sent event's `data` (event type `cart`, `wishlist`, `order` or `resync`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserEventView {
     /// Position (also the SSE `id`; send it back as `Last-Event-ID`).
     pub seq: u64,
-    /// `cart` or `order`.
+    /// `cart`, `wishlist` or `order`.
     #[serde(rename = "type")]
     pub type_: String,
     /// When (RFC 3339).
     pub at: String,
-    /// Cart events: the SKU (absent when the cart was emptied).
+    /// Cart and wishlist events: the SKU (absent when the cart was emptied).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sku: Option<String>,
-    /// Cart events: units now in the cart (0: removed).
+    /// Cart and wishlist events: units now in the list (0: removed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qty: Option<u32>,
     /// Order events: the order.

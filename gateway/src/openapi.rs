@@ -23,12 +23,13 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "reserva REST API", description = "Stock, reservations, carts, orders and seller views of reserva. See docs/rest-api.md."),
+    info(title = "reserva REST API", description = "Stock, reservations, carts, wishlists, orders and seller views of reserva. See docs/rest-api.md."),
     paths(
         ops::healthz, ops::metrics, ops::openapi,
         skus::get_sku, skus::put_sku, skus::set_stock, skus::adjust_stock,
         reservations::create, reservations::get, reservations::release,
         carts::get_cart, carts::set_item, carts::remove_item,
+        carts::get_wishlist, carts::set_wishlist_item, carts::remove_wishlist_item,
         events::user_events,
         orders::get_order, orders::list_user_orders, orders::cancel, orders::pack, orders::ship, orders::deliver,
         orders::track, orders::approve_review, orders::reject_review,

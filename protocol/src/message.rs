@@ -268,6 +268,11 @@ pub enum Query {
         /// Most events to answer, `1..=USER_EVENTS_LIMIT_MAX`.
         limit: u32,
     },
+    /// A user's wishlist. Answer: [`Reply::Wishlist`] (empty if none).
+    GetWishlist {
+        /// The user.
+        user_id: String,
+    },
 }
 
 /// Where an order sorts in cross-shard listings: placement time, then id.
@@ -353,6 +358,13 @@ pub enum UserEventKind {
         /// Its status now.
         status: OrderStatus,
     },
+    /// A wishlist line was set (`qty > 0`) or removed (`qty == 0`).
+    Wishlist {
+        /// The SKU.
+        sku: String,
+        /// Units now in the wishlist.
+        qty: u32,
+    },
 }
 
 /// One entry of the per-shard ring of recent user events.
@@ -425,6 +437,8 @@ pub enum Reply {
         /// server restart): re-read the state.
         gap: bool,
     },
+    /// `GetWishlist`: items sorted by SKU.
+    Wishlist(Vec<CartItem>),
 }
 
 /// Counters of one shard.

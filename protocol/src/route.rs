@@ -50,7 +50,10 @@ fn route_command(command: &Command) -> Result<ShardId, WireError> {
 fn route_commerce(command: &CommerceCommand) -> Result<ShardId, WireError> {
     use CommerceCommand as C;
     match command {
-        C::CheckoutBegin { user_id, .. } | C::CreditGrant { user_id, .. } => Ok(shard_of(user_id)),
+        C::CheckoutBegin { user_id, .. }
+        | C::CreditGrant { user_id, .. }
+        | C::WishlistSet { user_id, .. }
+        | C::WishlistRemove { user_id, .. } => Ok(shard_of(user_id)),
         C::Order { order_id, .. } | C::ReturnRequest { order_id, .. } => Ok(order_id.shard()),
         C::Return { return_id, .. } => Ok(return_id.shard()),
         C::CheckoutReserved { .. }
@@ -114,7 +117,9 @@ fn route_query(query: &Query) -> Result<ShardId, WireError> {
             }
             Ok(shard)
         }
-        Query::GetCart { user_id } | Query::GetCredit { user_id } => Ok(shard_of(user_id)),
+        Query::GetCart { user_id }
+        | Query::GetCredit { user_id }
+        | Query::GetWishlist { user_id } => Ok(shard_of(user_id)),
         Query::GetCheckout { id } => Ok(id.shard()),
         Query::GetReturn { id } => Ok(id.shard()),
         Query::ShardStats { shard }

@@ -37,6 +37,7 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                 Op::Query(
                     Query::ListOrders { user_id, .. }
                     | Query::GetCart { user_id }
+                    | Query::GetWishlist { user_id }
                     | Query::GetCredit { user_id },
                 ) => own(user_id),
                 Op::Query(Query::ShardStats { .. }) => deny("read shard stats"),
@@ -54,7 +55,9 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                     | Command::CartRemove { user_id, .. }
                     | Command::CartClear { user_id } => own(user_id),
                     Command::Commerce(c) => match &**c {
-                        CommerceCommand::CheckoutBegin { user_id, .. } => own(user_id),
+                        CommerceCommand::CheckoutBegin { user_id, .. }
+                        | CommerceCommand::WishlistSet { user_id, .. }
+                        | CommerceCommand::WishlistRemove { user_id, .. } => own(user_id),
                         CommerceCommand::Order {
                             action: OrderAction::Cancel { .. },
                             ..
@@ -79,6 +82,12 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                 | Query::SellerAnalytics { .. }
                 | Query::UserEvents { .. },
             ) => deny("read cross-shard order listings or user events"),
+            Op::Query(
+                Query::ListOrders { .. }
+                | Query::GetCart { .. }
+                | Query::GetWishlist { .. }
+                | Query::GetCredit { .. },
+            ) => deny("read a user's orders, cart, wishlist or credit"),
             Op::Query(_) => Ok(()),
             Op::Mutate(r) => match &r.command {
                 Command::UpsertSku { seller_id, .. }
@@ -102,7 +111,7 @@ pub fn authorize(who: &Principal, op: &Op) -> Result<(), WireError> {
                         ..
                     }
                     | CommerceCommand::Return { .. } => Ok(()),
-                    _ => deny("check out, decide fraud reviews or grant credit"),
+                    _ => deny("check out, change wishlists, decide fraud reviews or grant credit"),
                 },
                 _ => deny("reserve, order, change carts or order status"),
             },
@@ -166,5 +175,26 @@ mod tests {
         let seller = t.lookup("seller-token").unwrap();
         assert!(authorize(seller, &stock).is_ok());
         assert!(authorize(seller, &cart("alice")).is_err());
+
+        let wish = |u: &str| {
+            Op::Mutate(Request::new(Command::Commerce(Box::new(
+                CommerceCommand::WishlistSet {
+                    user_id: u.into(),
+                    sku: "s".into(),
+                    qty: 1,
+                },
+            ))))
+        };
+        assert!(authorize(alice, &wish("alice")).is_ok());
+        assert!(authorize(alice, &wish("bob")).is_err());
+        assert!(authorize(seller, &wish("alice")).is_err());
+        let read = |u: &str| Op::Query(Query::GetWishlist { user_id: u.into() });
+        assert!(authorize(alice, &read("alice")).is_ok());
+        assert!(authorize(alice, &read("bob")).is_err());
+        assert!(authorize(seller, &read("alice")).is_err());
+        let cart_read = Op::Query(Query::GetCart {
+            user_id: "alice".into(),
+        });
+        assert!(authorize(seller, &cart_read).is_err());
     }
 }

@@ -535,7 +535,7 @@ fn fail_mutations(done: &mut [Answer], shard: ShardId, reason: &str) {
     }
 }
 
-/// The command of a mutation that may change a user's cart or orders (what
+/// The command of a mutation that may change a user's cart, wishlist or orders (what
 /// the live-update ring records), cloned before it is applied.
 fn watched_command(op: &Op) -> Option<Command> {
     match op {
@@ -550,7 +550,9 @@ fn watched_command(op: &Op) -> Option<Command> {
                 | CommerceCommand::ReturnRequest { .. }
                 | CommerceCommand::Return { .. }
                 | CommerceCommand::CheckoutCreateOrder { .. }
-                | CommerceCommand::CheckoutFinish { .. } => Some(r.command.clone()),
+                | CommerceCommand::CheckoutFinish { .. }
+                | CommerceCommand::WishlistSet { .. }
+                | CommerceCommand::WishlistRemove { .. } => Some(r.command.clone()),
                 _ => None,
             },
             _ => None,
@@ -729,6 +731,7 @@ fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
             Ok(Reply::Orders { orders, next })
         }
         Query::GetCart { user_id } => Ok(Reply::Cart(state.cart(&user_id).to_vec())),
+        Query::GetWishlist { user_id } => Ok(Reply::Wishlist(state.wishlist(&user_id).to_vec())),
         Query::GetCheckout { id } => state
             .checkout(id)
             .map(|c| Reply::Checkout(Box::new(c.clone())))

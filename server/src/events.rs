@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use reserva_engine::sm::{Command, CommerceOutcome, Outcome, ShardState};
+use reserva_engine::sm::{Command, CommerceCommand, CommerceOutcome, Outcome, ShardState};
 use reserva_protocol::{UserEvent, UserEventKind};
 
 use crate::limits::USER_EVENTS_PER_SHARD_MAX;
@@ -93,6 +93,22 @@ fn describe(
     command: &Command,
     outcome: &Outcome,
 ) -> Option<(String, UserEventKind)> {
+    if let Command::Commerce(c) = command {
+        let wishlist = |user_id: &String, sku: &String, qty| {
+            let kind = UserEventKind::Wishlist {
+                sku: sku.clone(),
+                qty,
+            };
+            Some((user_id.clone(), kind))
+        };
+        match c.as_ref() {
+            CommerceCommand::WishlistSet { user_id, sku, qty } => {
+                return wishlist(user_id, sku, *qty);
+            }
+            CommerceCommand::WishlistRemove { user_id, sku } => return wishlist(user_id, sku, 0),
+            _ => {}
+        }
+    }
     match (command, outcome) {
         (Command::CartSet { user_id, sku, qty }, _) => Some((
             user_id.clone(),

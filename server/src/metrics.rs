@@ -24,9 +24,9 @@ use reserva_engine::sm::{EngineError, Outcome};
 use reserva_protocol::{Op, OpResult, Query, Reply, WireError};
 
 /// Operation types, the `op` label of `reserva_ops_total`. Mutations are
-/// indexed by their log record kind (1..=28, `docs/log-format.md`); queries
+/// indexed by their log record kind (1..=30, `docs/log-format.md`); queries
 /// follow from `OP_QUERY_BASE`.
-pub const OP_LABELS: [&str; 40] = [
+pub const OP_LABELS: [&str; 43] = [
     "other",
     "upsert_sku",
     "set_stock",
@@ -56,6 +56,8 @@ pub const OP_LABELS: [&str; 40] = [
     "return_request",
     "return",
     "effect_done",
+    "wishlist_set",
+    "wishlist_remove",
     "get_sku",
     "get_reservation",
     "get_order",
@@ -65,12 +67,13 @@ pub const OP_LABELS: [&str; 40] = [
     "get_checkout",
     "get_credit",
     "get_return",
+    "get_wishlist",
     "other_query",
     "other_mutation",
 ];
-const OP_QUERY_BASE: usize = 29;
-const OP_OTHER_QUERY: usize = 38;
-const OP_OTHER_MUTATION: usize = 39;
+const OP_QUERY_BASE: usize = 31;
+const OP_OTHER_QUERY: usize = 41;
+const OP_OTHER_MUTATION: usize = 42;
 const _: () = assert!(OP_OTHER_MUTATION == OP_LABELS.len() - 1);
 
 /// Error types, the `error` label of `reserva_errors_total`.
@@ -298,6 +301,7 @@ pub fn op_label(op: &Op) -> usize {
             Query::GetCheckout { .. } => OP_QUERY_BASE + 6,
             Query::GetCredit { .. } => OP_QUERY_BASE + 7,
             Query::GetReturn { .. } => OP_QUERY_BASE + 8,
+            Query::GetWishlist { .. } => OP_QUERY_BASE + 9,
             #[allow(unreachable_patterns, reason = "queries added later count as other")]
             _ => OP_OTHER_QUERY,
         },

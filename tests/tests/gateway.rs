@@ -923,3 +923,207 @@ async fn seller_listings_page_every_order_exactly_once() {
         .collect();
     assert_eq!(skus, ["acme-sku-0"], "{}", a.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wishlists_are_private_validated_live_and_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), true, &["--fsync", "always"]);
+    let h = Http::new(&server);
+    let (alice, bob, seller, admin) = (
+        Some("alice-token-1"),
+        Some("bob-token-01"),
+        Some("acme-token-1"),
+        Some("admin-token-1"),
+    );
+    let items = |a: &Answer| -> Vec<(String, u64)> {
+        a.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["sku"].as_str().unwrap().to_owned(),
+                    i["qty"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    // Another device of alice's listens for changes.
+    let mut stream = h
+        .client
+        .get(format!("{}/v1/users/alice/events", h.base))
+        .bearer_auth("alice-token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    let a = h
+        .call(Method::GET, "/v1/users/alice/wishlist", alice, None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(items(&a).is_empty());
+    let put = |sku: &str, qty: u64| {
+        let path = format!("/v1/users/alice/wishlist/items/{sku}");
+        let h = &h;
+        async move {
+            h.call(Method::PUT, &path, alice, Some(json!({"qty": qty})))
+                .await
+        }
+    };
+    assert_eq!(put("teapot", 1).await.status, StatusCode::OK);
+    let a = put("kettle", 2).await;
+    assert_eq!(
+        items(&a),
+        vec![("kettle".into(), 2), ("teapot".into(), 1)],
+        "{}",
+        a.body
+    );
+    assert_eq!(a.body["total_qty"], 3);
+    let a = put("kettle", 5).await;
+    assert_eq!(items(&a)[0], ("kettle".into(), 5));
+
+    // The wishlist is not the cart.
+    let cart = h
+        .call(Method::GET, "/v1/users/alice/cart", alice, None)
+        .await;
+    assert!(items(&cart).is_empty(), "{}", cart.body);
+
+    // The live update arrives on the other connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    while !seen.contains("event: wishlist") || !seen.contains("\"qty\":5") {
+        let chunk = tokio::time::timeout_at(deadline.into(), stream.chunk())
+            .await
+            .expect("wishlist event within 10 s")
+            .unwrap()
+            .expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("\"sku\":\"kettle\""), "{seen}");
+
+    // Only alice (and admins) reach alice's wishlist.
+    for (who, status, code) in [
+        (bob, StatusCode::FORBIDDEN, "forbidden"),
+        (seller, StatusCode::FORBIDDEN, "forbidden"),
+        (None, StatusCode::UNAUTHORIZED, "unauthorized"),
+    ] {
+        let a = h
+            .call(Method::GET, "/v1/users/alice/wishlist", who, None)
+            .await;
+        assert_eq!((a.status, a.code()), (status, code), "{:?}", who);
+        let a = h
+            .call(
+                Method::PUT,
+                "/v1/users/alice/wishlist/items/mug",
+                who,
+                Some(json!({"qty": 1})),
+            )
+            .await;
+        assert_eq!((a.status, a.code()), (status, code), "{:?}", who);
+        let a = h
+            .call(
+                Method::DELETE,
+                "/v1/users/alice/wishlist/items/kettle",
+                who,
+                None,
+            )
+            .await;
+        assert_eq!((a.status, a.code()), (status, code), "{:?}", who);
+    }
+    let a = h
+        .call(Method::GET, "/v1/users/alice/wishlist", admin, None)
+        .await;
+    assert_eq!(items(&a).len(), 2);
+
+    // Bad input is a 400 and changes nothing.
+    let long = "x".repeat(65);
+    let bad: Vec<(String, Vec<u8>)> = vec![
+        ("teapot".into(), br#"{"qty": 0}"#.to_vec()),
+        ("teapot".into(), br#"{"qty": -1}"#.to_vec()),
+        ("teapot".into(), br#"{"qty": "2"}"#.to_vec()),
+        ("teapot".into(), br#"{"qty": 1, "colour": "red"}"#.to_vec()),
+        ("teapot".into(), br#"{"qty": 1"#.to_vec()),
+        ("teapot".into(), br#"{"qty": 1000001}"#.to_vec()),
+        (long, br#"{"qty": 1}"#.to_vec()),
+    ];
+    for (sku, body) in bad {
+        let a = h
+            .raw(
+                Method::PUT,
+                &format!("/v1/users/alice/wishlist/items/{sku}"),
+                alice,
+                &[],
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{} {}",
+            String::from_utf8_lossy(&body),
+            a.body
+        );
+    }
+
+    // Idempotent replay and conflict.
+    let keyed = |qty: u64| {
+        let h = &h;
+        async move {
+            let body = serde_json::to_vec(&json!({"qty": qty})).unwrap();
+            h.raw(
+                Method::PUT,
+                "/v1/users/alice/wishlist/items/lamp",
+                alice,
+                &[("idempotency-key", "wish-lamp-1")],
+                Some(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(keyed(4).await.status, StatusCode::OK);
+    assert_eq!(keyed(4).await.status, StatusCode::OK);
+    assert_eq!(keyed(6).await.code(), "idempotency_conflict");
+
+    // Removing: absent items are fine, present ones go.
+    let a = h
+        .call(
+            Method::DELETE,
+            "/v1/users/alice/wishlist/items/teapot",
+            alice,
+            None,
+        )
+        .await;
+    assert_eq!(
+        items(&a),
+        vec![("kettle".into(), 5), ("lamp".into(), 4)],
+        "{}",
+        a.body
+    );
+    let a = h
+        .call(
+            Method::DELETE,
+            "/v1/users/alice/wishlist/items/nothing-here",
+            alice,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(items(&a).len(), 2);
+    drop(stream);
+
+    // Acknowledged changes survive a kill -9.
+    server.kill9();
+    server.restart();
+    let h = Http::new(&server);
+    let a = h
+        .call(Method::GET, "/v1/users/alice/wishlist", alice, None)
+        .await;
+    assert_eq!(
+        items(&a),
+        vec![("kettle".into(), 5), ("lamp".into(), 4)],
+        "{}",
+        a.body
+    );
+}

@@ -72,6 +72,8 @@ impl ShardState {
             } => self.return_request(now, *order_id, lines, reason)?,
             C::Return { return_id, action } => self.return_action(now, *return_id, *action)?,
             C::EffectDone { order_id, seq } => self.effect_done(*order_id, *seq)?,
+            C::WishlistSet { user_id, sku, qty } => self.wishlist_set(user_id, sku, *qty)?,
+            C::WishlistRemove { user_id, sku } => self.wishlist_remove(user_id, sku)?,
         };
         Ok(Outcome::Commerce(Box::new(outcome)))
     }

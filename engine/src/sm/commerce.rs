@@ -8,7 +8,7 @@
 
 use crate::ids::{CheckoutId, OrderId, ReservationId, ReturnId, ShardId};
 use crate::sm::error::EngineError;
-use crate::sm::types::{Allocation, Money, Order, ReserveLine};
+use crate::sm::types::{Allocation, CartItem, Money, Order, ReserveLine};
 
 /// A shipping address. Optional parts are empty strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -737,6 +737,22 @@ pub enum CommerceCommand {
         /// The effect's `seq`.
         seq: u32,
     },
+    /// Sets the quantity of a SKU in a user's wishlist (adds it if absent).
+    WishlistSet {
+        /// Wishlist owner.
+        user_id: String,
+        /// SKU id (need not live on this shard).
+        sku: String,
+        /// Units wanted, `1..=LINE_QTY_MAX`.
+        qty: u32,
+    },
+    /// Removes a SKU from a user's wishlist.
+    WishlistRemove {
+        /// Wishlist owner.
+        user_id: String,
+        /// SKU id.
+        sku: String,
+    },
 }
 
 impl CommerceCommand {
@@ -758,6 +774,8 @@ impl CommerceCommand {
             CommerceCommand::ReturnRequest { .. } => 26,
             CommerceCommand::Return { .. } => 27,
             CommerceCommand::EffectDone { .. } => 28,
+            CommerceCommand::WishlistSet { .. } => 29,
+            CommerceCommand::WishlistRemove { .. } => 30,
         }
     }
 }
@@ -800,6 +818,11 @@ pub enum CommerceOutcome {
         order: Order,
         /// The return the command created or changed, if any.
         return_id: Option<ReturnId>,
+    },
+    /// `WishlistSet`, `WishlistRemove`: the wishlist afterwards.
+    Wishlist {
+        /// Items, sorted by SKU.
+        items: Vec<CartItem>,
     },
 }
 

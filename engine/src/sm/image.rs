@@ -16,7 +16,7 @@ use crate::sm::types::{
 use crate::sm::validate;
 
 /// Version of [`StateImage`]'s layout, stored in every snapshot.
-pub const IMAGE_VERSION: u32 = 2;
+pub const IMAGE_VERSION: u32 = 3;
 
 /// A user's cart in the image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -62,6 +62,70 @@ pub struct StateImage {
     pub users: Vec<UserRecord>,
     /// Card uses sorted by fingerprint (image version 2).
     pub cards: Vec<CardUses>,
+    /// Wishlists sorted by user (image version 3).
+    pub wishlists: Vec<CartImage>,
+}
+
+/// The state image as version 2 stored it (before wishlists); read when
+/// opening older snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StateImageV2 {
+    /// Always 2.
+    pub version: u32,
+    /// Shard number.
+    pub shard: ShardId,
+    /// Time of the last applied change.
+    pub clock_ms: u64,
+    /// Next reservation sequence number.
+    pub next_reservation_seq: u64,
+    /// Next order sequence number.
+    pub next_order_seq: u64,
+    /// SKUs sorted by id.
+    pub skus: Vec<Sku>,
+    /// Live reservations sorted by id.
+    pub reservations: Vec<Reservation>,
+    /// Orders sorted by id.
+    pub orders: Vec<Order>,
+    /// Carts sorted by user.
+    pub carts: Vec<CartImage>,
+    /// Idempotency records sorted by key.
+    pub idempotency: Vec<IdempotencyRecord>,
+    /// Next checkout sequence number.
+    pub next_checkout_seq: u64,
+    /// Next return sequence number.
+    pub next_return_seq: u64,
+    /// Checkouts sorted by id.
+    pub checkouts: Vec<Checkout>,
+    /// Store-credit accounts sorted by user.
+    pub credit: Vec<CreditAccount>,
+    /// Fraud memory per user, sorted by user.
+    pub users: Vec<UserRecord>,
+    /// Card uses sorted by fingerprint.
+    pub cards: Vec<CardUses>,
+}
+
+impl From<StateImageV2> for StateImage {
+    fn from(v2: StateImageV2) -> Self {
+        StateImage {
+            version: IMAGE_VERSION,
+            shard: v2.shard,
+            clock_ms: v2.clock_ms,
+            next_reservation_seq: v2.next_reservation_seq,
+            next_order_seq: v2.next_order_seq,
+            skus: v2.skus,
+            reservations: v2.reservations,
+            orders: v2.orders,
+            carts: v2.carts,
+            idempotency: v2.idempotency,
+            next_checkout_seq: v2.next_checkout_seq,
+            next_return_seq: v2.next_return_seq,
+            checkouts: v2.checkouts,
+            credit: v2.credit,
+            users: v2.users,
+            cards: v2.cards,
+            wishlists: Vec::new(),
+        }
+    }
 }
 
 /// An order as image version 1 stored it (before fulfilment records).
@@ -140,13 +204,14 @@ impl From<StateImageV1> for StateImage {
             credit: Vec::new(),
             users: Vec::new(),
             cards: Vec::new(),
+            wishlists: Vec::new(),
         }
     }
 }
 
 // Hashes the version-1 fields as the derived hash of version 1 did, and each
-// later field only when it differs from an empty state, so a state without
-// checkouts has the same checksum in every image version.
+// later group of fields only when it differs from an empty state, so a state
+// that does not use them has the same checksum in every image version.
 impl Hash for StateImage {
     fn hash<H: Hasher>(&self, h: &mut H) {
         self.version.min(1).hash(h);
@@ -173,6 +238,9 @@ impl Hash for StateImage {
             self.users.hash(h);
             self.cards.hash(h);
         }
+        if !self.wishlists.is_empty() {
+            self.wishlists.hash(h);
+        }
     }
 }
 
@@ -194,6 +262,15 @@ impl ShardState {
             })
             .collect();
         carts.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut wishlists: Vec<CartImage> = self
+            .wishlists
+            .iter()
+            .map(|(user_id, items)| CartImage {
+                user_id: user_id.clone(),
+                items: items.clone(),
+            })
+            .collect();
+        wishlists.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         let mut idempotency: Vec<IdempotencyRecord> = self.idempotency.values().cloned().collect();
         idempotency.sort_by(|a, b| a.key.cmp(&b.key));
         let mut checkouts: Vec<Checkout> = self.checkouts.values().cloned().collect();
@@ -221,6 +298,7 @@ impl ShardState {
             credit,
             users,
             cards,
+            wishlists,
         }
     }
 
@@ -286,6 +364,9 @@ impl ShardState {
         }
         for c in image.carts {
             state.carts.insert(c.user_id, c.items);
+        }
+        for w in image.wishlists {
+            state.wishlists.insert(w.user_id, w.items);
         }
         for rec in image.idempotency {
             state
@@ -392,9 +473,11 @@ impl ShardState {
                 return Err(format!("order {} missing from its user's index", o.id));
             }
         }
-        for (user, items) in &self.carts {
-            if items.is_empty() || !items.windows(2).all(|w| w[0].sku < w[1].sku) {
-                return Err(format!("cart of {user} is empty or not sorted"));
+        for (what, lists) in [("cart", &self.carts), ("wishlist", &self.wishlists)] {
+            for (user, items) in lists {
+                if items.is_empty() || !items.windows(2).all(|w| w[0].sku < w[1].sku) {
+                    return Err(format!("{what} of {user} is empty or not sorted"));
+                }
             }
         }
         Ok(())

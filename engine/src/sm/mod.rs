@@ -23,6 +23,6 @@ pub use checkout::NO_CURRENCY;
 pub use command::{Command, LogEntry, Outcome, Request};
 pub use commerce::*;
 pub use error::EngineError;
-pub use image::{CartImage, IMAGE_VERSION, OrderV1, StateImage, StateImageV1};
+pub use image::{CartImage, IMAGE_VERSION, OrderV1, StateImage, StateImageV1, StateImageV2};
 pub use state::{Applied, Fnv64, IdempotencyRecord, ShardState, fingerprint};
 pub use types::*;

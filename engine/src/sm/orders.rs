@@ -1,12 +1,13 @@
-//! Orders and carts: the records kept on a user's shard.
+//! Orders, carts and wishlists: the records kept on a user's shard.
 
 use crate::ids::{OrderId, ShardId};
 use crate::limits::*;
 use crate::sm::checkout::push_status;
 use crate::sm::command::Outcome;
+use crate::sm::commerce::CommerceOutcome;
 use crate::sm::error::{EngineError, invalid, limit_reached};
 use crate::sm::inventory::check_money;
-use crate::sm::state::ShardState;
+use crate::sm::state::{Map, ShardState};
 use crate::sm::types::{CartItem, Money, Order, OrderLine, OrderStatus, StatusChange};
 use crate::sm::validate::{self, Item};
 
@@ -93,46 +94,14 @@ impl ShardState {
         qty: u32,
     ) -> Result<Outcome, EngineError> {
         validate::key_on("user_id", user_id, self.shard)?;
-        validate::id("sku", sku)?;
-        validate::qty("qty", qty)?;
-        if !self.carts.contains_key(user_id) && self.carts.len() >= CARTS_MAX {
-            return Err(limit_reached("CARTS_MAX", CARTS_MAX as u64));
-        }
-        let items = self.carts.entry(user_id.to_owned()).or_default();
-        match items.binary_search_by(|i| i.sku.as_str().cmp(sku)) {
-            Ok(i) => items[i].qty = qty,
-            Err(i) => {
-                if items.len() >= CART_ITEMS_MAX {
-                    return Err(limit_reached("CART_ITEMS_MAX", CART_ITEMS_MAX as u64));
-                }
-                items.insert(
-                    i,
-                    CartItem {
-                        sku: sku.to_owned(),
-                        qty,
-                    },
-                );
-            }
-        }
-        Ok(Outcome::Cart {
-            items: self.cart(user_id).to_vec(),
-        })
+        let items = list_set(&mut self.carts, CART_LIMITS, user_id, sku, qty)?;
+        Ok(Outcome::Cart { items })
     }
 
     pub(crate) fn cart_remove(&mut self, user_id: &str, sku: &str) -> Result<Outcome, EngineError> {
         validate::key_on("user_id", user_id, self.shard)?;
-        validate::id("sku", sku)?;
-        if let Some(items) = self.carts.get_mut(user_id) {
-            if let Ok(i) = items.binary_search_by(|i| i.sku.as_str().cmp(sku)) {
-                items.remove(i);
-            }
-            if items.is_empty() {
-                self.carts.remove(user_id);
-            }
-        }
-        Ok(Outcome::Cart {
-            items: self.cart(user_id).to_vec(),
-        })
+        let items = list_remove(&mut self.carts, user_id, sku)?;
+        Ok(Outcome::Cart { items })
     }
 
     pub(crate) fn cart_clear(&mut self, user_id: &str) -> Result<Outcome, EngineError> {
@@ -140,6 +109,102 @@ impl ShardState {
         self.carts.remove(user_id);
         Ok(Outcome::Cart { items: Vec::new() })
     }
+
+    pub(crate) fn wishlist_set(
+        &mut self,
+        user_id: &str,
+        sku: &str,
+        qty: u32,
+    ) -> Result<CommerceOutcome, EngineError> {
+        validate::key_on("user_id", user_id, self.shard)?;
+        let items = list_set(&mut self.wishlists, WISHLIST_LIMITS, user_id, sku, qty)?;
+        Ok(CommerceOutcome::Wishlist { items })
+    }
+
+    pub(crate) fn wishlist_remove(
+        &mut self,
+        user_id: &str,
+        sku: &str,
+    ) -> Result<CommerceOutcome, EngineError> {
+        validate::key_on("user_id", user_id, self.shard)?;
+        let items = list_remove(&mut self.wishlists, user_id, sku)?;
+        Ok(CommerceOutcome::Wishlist { items })
+    }
+}
+
+/// The bounds of one kind of per-user item list (carts, wishlists).
+#[derive(Clone, Copy)]
+struct ListLimits {
+    users: (&'static str, usize),
+    items: (&'static str, usize),
+}
+
+const CART_LIMITS: ListLimits = ListLimits {
+    users: ("CARTS_MAX", CARTS_MAX),
+    items: ("CART_ITEMS_MAX", CART_ITEMS_MAX),
+};
+
+const WISHLIST_LIMITS: ListLimits = ListLimits {
+    users: ("WISHLISTS_MAX", WISHLISTS_MAX),
+    items: ("WISHLIST_ITEMS_MAX", WISHLIST_ITEMS_MAX),
+};
+
+/// Sets `sku` to `qty` in the user's list (adding it if absent); the list afterwards.
+fn list_set(
+    lists: &mut Map<String, Vec<CartItem>>,
+    limits: ListLimits,
+    user_id: &str,
+    sku: &str,
+    qty: u32,
+) -> Result<Vec<CartItem>, EngineError> {
+    validate::id("sku", sku)?;
+    validate::qty("qty", qty)?;
+    let (users_name, users_max) = limits.users;
+    if !lists.contains_key(user_id) && lists.len() >= users_max {
+        return Err(limit_reached(users_name, users_max as u64));
+    }
+    let (items_name, items_max) = limits.items;
+    let items = lists.entry(user_id.to_owned()).or_default();
+    match items.binary_search_by(|i| i.sku.as_str().cmp(sku)) {
+        Ok(i) => items[i].qty = qty,
+        Err(i) => {
+            if items.len() >= items_max {
+                // An empty list is never kept.
+                if items.is_empty() {
+                    lists.remove(user_id);
+                }
+                return Err(limit_reached(items_name, items_max as u64));
+            }
+            items.insert(
+                i,
+                CartItem {
+                    sku: sku.to_owned(),
+                    qty,
+                },
+            );
+        }
+    }
+    Ok(items.clone())
+}
+
+/// Removes `sku` from the user's list (a no-op if absent); the list afterwards.
+fn list_remove(
+    lists: &mut Map<String, Vec<CartItem>>,
+    user_id: &str,
+    sku: &str,
+) -> Result<Vec<CartItem>, EngineError> {
+    validate::id("sku", sku)?;
+    let Some(items) = lists.get_mut(user_id) else {
+        return Ok(Vec::new());
+    };
+    if let Ok(i) = items.binary_search_by(|i| i.sku.as_str().cmp(sku)) {
+        items.remove(i);
+    }
+    let left = items.clone();
+    if left.is_empty() {
+        lists.remove(user_id);
+    }
+    Ok(left)
 }
 
 fn mint_order_id(shard: ShardId, seq: u64) -> Result<OrderId, EngineError> {

@@ -60,6 +60,8 @@ pub struct ShardState {
     pub(crate) orders_by_user: Map<String, Vec<OrderId>>,
     /// Non-empty carts; items sorted by SKU.
     pub(crate) carts: Map<String, Vec<CartItem>>,
+    /// Non-empty wishlists; items sorted by SKU.
+    pub(crate) wishlists: Map<String, Vec<CartItem>>,
     pub(crate) idempotency: Map<String, IdempotencyRecord>,
     /// `(expires_at_ms, key)` of every idempotency record.
     pub(crate) idempotency_expiries: BTreeSet<(u64, String)>,
@@ -101,6 +103,7 @@ impl ShardState {
             orders: Map::default(),
             orders_by_user: Map::default(),
             carts: Map::default(),
+            wishlists: Map::default(),
             idempotency: Map::default(),
             idempotency_expiries: BTreeSet::new(),
             next_checkout_seq: 1,
@@ -271,6 +274,13 @@ impl ShardState {
     /// A user's cart, sorted by SKU (empty if none).
     pub fn cart(&self, user_id: &str) -> &[CartItem] {
         self.carts.get(user_id).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// A user's wishlist, sorted by SKU (empty if none).
+    pub fn wishlist(&self, user_id: &str) -> &[CartItem] {
+        self.wishlists
+            .get(user_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
     /// Every SKU, in no particular order.
     pub fn skus(&self) -> impl Iterator<Item = &Sku> {

@@ -1,8 +1,8 @@
-//! Carts.
+//! Carts and wishlists: per-user item lists of the same shape.
 
 use axum::Json;
 use axum::extract::State;
-use reserva_protocol::engine::{Command, Outcome, Request};
+use reserva_protocol::engine::{Command, CommerceCommand, CommerceOutcome, Outcome, Request};
 
 use crate::App;
 use crate::caller::Caller;
@@ -44,10 +44,15 @@ async fn change(
             command,
         })
         .await?;
-    match outcome {
-        Outcome::Cart { items } => Ok(Json(CartView::new(user_id, &items))),
-        other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
-    }
+    let items = match outcome {
+        Outcome::Cart { items } => items,
+        Outcome::Commerce(c) => match *c {
+            CommerceOutcome::Wishlist { items } => items,
+            other => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        },
+        other => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    };
+    Ok(Json(CartView::new(user_id, &items)))
 }
 
 /// Sets the quantity of a SKU in the cart (adds it if absent). Other
@@ -109,4 +114,99 @@ pub(crate) async fn remove_item(
         sku,
     };
     change(&app, &caller, &idem, &user_id, command).await
+}
+
+/// A user's wishlist.
+#[utoipa::path(get, path = "/v1/users/{user_id}/wishlist", tag = "carts",
+    params(("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, body = CartView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn get_wishlist(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(user_id): PathParams<String>,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    caller.require_user(&user_id)?;
+    let items = app.client().get_wishlist(user_id.as_str()).await?;
+    Ok(Json(CartView::new(&user_id, &items)))
+}
+
+/// Sets the quantity of a SKU in the wishlist (adds it if absent). Other
+/// devices of the user see a `wishlist` event.
+#[utoipa::path(put, path = "/v1/users/{user_id}/wishlist/items/{sku}", tag = "carts", request_body = SetQty,
+    params(("user_id" = String, Path, description = "User id"), ("sku" = String, Path, description = "SKU id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key apply once")),
+    responses(
+        (status = 200, body = CartView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The wishlist is full", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn set_wishlist_item(
+    State(app): State<App>,
+    caller: Caller,
+    idem: IdempotencyKey,
+    PathParams((user_id, sku)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody<SetQty>,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    check_id("sku", &sku)?;
+    caller.require_user(&user_id)?;
+    if body.qty == 0 {
+        return Err(ApiError::invalid(
+            "qty must be at least 1 (DELETE removes an item)",
+        ));
+    }
+    let command = CommerceCommand::WishlistSet {
+        user_id: user_id.clone(),
+        sku,
+        qty: body.qty,
+    };
+    change(
+        &app,
+        &caller,
+        &idem,
+        &user_id,
+        Command::Commerce(Box::new(command)),
+    )
+    .await
+}
+
+/// Removes a SKU from the wishlist.
+#[utoipa::path(delete, path = "/v1/users/{user_id}/wishlist/items/{sku}", tag = "carts",
+    params(("user_id" = String, Path, description = "User id"), ("sku" = String, Path, description = "SKU id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key apply once")),
+    responses(
+        (status = 200, body = CartView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn remove_wishlist_item(
+    State(app): State<App>,
+    caller: Caller,
+    idem: IdempotencyKey,
+    PathParams((user_id, sku)): PathParams<(String, String)>,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    check_id("sku", &sku)?;
+    caller.require_user(&user_id)?;
+    let command = CommerceCommand::WishlistRemove {
+        user_id: user_id.clone(),
+        sku,
+    };
+    change(
+        &app,
+        &caller,
+        &idem,
+        &user_id,
+        Command::Commerce(Box::new(command)),
+    )
+    .await
 }

@@ -59,6 +59,11 @@ fn to_event(e: &UserEvent) -> Event {
             view.sku = sku.clone();
             view.qty = Some(*qty);
         }
+        UserEventKind::Wishlist { sku, qty } => {
+            view.type_ = "wishlist".into();
+            view.sku = Some(sku.clone());
+            view.qty = Some(*qty);
+        }
         UserEventKind::Order { order_id, status } => {
             view.type_ = "order".into();
             view.order_id = Some(order_id.to_string());

@@ -36,6 +36,11 @@ pub(crate) fn routes() -> Router<App> {
             "/v1/users/{user_id}/cart/items/{sku}",
             put(carts::set_item).delete(carts::remove_item),
         )
+        .route("/v1/users/{user_id}/wishlist", get(carts::get_wishlist))
+        .route(
+            "/v1/users/{user_id}/wishlist/items/{sku}",
+            put(carts::set_wishlist_item).delete(carts::remove_wishlist_item),
+        )
         .route("/v1/users/{user_id}/orders", get(orders::list_user_orders))
         .route("/v1/users/{user_id}/events", get(events::user_events))
         .route("/v1/orders/{order_id}", get(orders::get_order))
