@@ -788,3 +788,59 @@ fn a_corrupted_image_is_refused() {
     let e = ShardState::from_image(image).unwrap_err();
     assert!(e.contains("live reservations hold"), "{e}");
 }
+
+#[test]
+fn seller_listings_follow_the_seller_index_through_changes_and_images() {
+    let mut s = ShardState::new(SHARD);
+    let upsert = |s: &mut ShardState, n: usize, seller: &str| {
+        let c = Command::UpsertSku {
+            sku: sku(n),
+            seller_id: seller.into(),
+            title: format!("item {n}"),
+            price: eur(100),
+        };
+        apply(s, T0, c).unwrap();
+    };
+    // Sellers whose names prefix each other must not bleed into one another.
+    for n in 0..12 {
+        upsert(&mut s, n, ["acme", "acme-2", "ac"][n % 3]);
+    }
+    let listed = |s: &ShardState, seller: &str, max: Option<u64>, limit: usize| {
+        let (skus, truncated) = s.seller_skus(seller, max, limit);
+        let ids: Vec<String> = skus.iter().map(|k| k.sku.clone()).collect();
+        (ids, truncated)
+    };
+    let mut acme: Vec<String> = (0..12).step_by(3).map(sku).collect();
+    acme.sort();
+    assert_eq!(listed(&s, "acme", None, 100), (acme.clone(), false));
+    assert_eq!(listed(&s, "acme", None, 4), (acme.clone(), false));
+    assert_eq!(listed(&s, "acme", None, 3), (acme[..3].to_vec(), true));
+    assert_eq!(listed(&s, "nobody", None, 10), (vec![], false));
+
+    // A SKU that changes seller moves in the listings.
+    upsert(&mut s, 0, "acme-2");
+    s.check_invariants().unwrap();
+    let (ids, _) = listed(&s, "acme", None, 100);
+    assert!(!ids.contains(&sku(0)));
+    let (ids, _) = listed(&s, "acme-2", None, 100);
+    assert!(ids.contains(&sku(0)));
+
+    // Stock filters: only SKUs with at most `max` available.
+    let c = Command::SetStock {
+        sku: sku(3),
+        warehouse: "w1".into(),
+        on_hand: 50,
+    };
+    apply(&mut s, T0, c).unwrap();
+    let (ids, _) = listed(&s, "acme", Some(10), 100);
+    assert!(!ids.contains(&sku(3)) && !ids.is_empty());
+
+    // The index is rebuilt from an image.
+    let restored = ShardState::from_image(s.to_image()).unwrap();
+    for seller in ["acme", "acme-2", "ac"] {
+        assert_eq!(
+            listed(&restored, seller, None, 100),
+            listed(&s, seller, None, 100)
+        );
+    }
+}

@@ -31,6 +31,9 @@ pub const SSE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub const RATE_BUCKETS_MAX: usize = 100_000;
 /// `Retry-After` seconds sent with 503 when the shards are overloaded or unreachable.
 pub const OVERLOADED_RETRY_AFTER_S: u64 = 1;
+/// `Retry-After` seconds sent with 503 `payment_unavailable` (the card
+/// provider kept failing).
+pub const PAYMENT_UNAVAILABLE_RETRY_AFTER_S: u64 = 5;
 /// Routes counted separately in metrics (route templates, bounded by the router).
 pub const METRIC_SERIES_MAX: usize = 1_024;
 

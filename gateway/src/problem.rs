@@ -11,7 +11,7 @@ use reserva_protocol::engine::EngineError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::limits::OVERLOADED_RETRY_AFTER_S;
+use crate::limits::{OVERLOADED_RETRY_AFTER_S, PAYMENT_UNAVAILABLE_RETRY_AFTER_S};
 
 /// The stable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,8 +22,11 @@ pub enum Code {
     NotFound,
     /// Not enough stock to reserve or check out.
     InsufficientStock,
-    /// The payment was declined.
+    /// The payment was declined (by the card's issuer, for want of store
+    /// credit, or by fraud scoring); `decline_code` says which.
     PaymentDeclined,
+    /// The payment provider kept failing; nothing was charged and no stock is held.
+    PaymentUnavailable,
     /// The idempotency key was used with another request.
     IdempotencyConflict,
     /// No or an unknown API key.
@@ -51,6 +54,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::InsufficientStock => "insufficient_stock",
             Code::PaymentDeclined => "payment_declined",
+            Code::PaymentUnavailable => "payment_unavailable",
             Code::IdempotencyConflict => "idempotency_conflict",
             Code::Unauthorized => "unauthorized",
             Code::Forbidden => "forbidden",
@@ -68,6 +72,7 @@ impl Code {
             Code::NotFound => "Not found",
             Code::InsufficientStock => "Insufficient stock",
             Code::PaymentDeclined => "Payment declined",
+            Code::PaymentUnavailable => "Payment provider unavailable, retry later",
             Code::IdempotencyConflict => "Idempotency key reused with another request",
             Code::Unauthorized => "Missing or unknown API key",
             Code::Forbidden => "Not allowed for this API key",
@@ -93,10 +98,14 @@ pub struct Problem {
     /// What exactly went wrong.
     pub detail: String,
     /// Stable machine-readable code: invalid_request, not_found,
-    /// insufficient_stock, payment_declined, idempotency_conflict,
-    /// unauthorized, forbidden, rate_limited, overloaded, conflict,
-    /// payload_too_large, internal.
+    /// insufficient_stock, payment_declined, payment_unavailable,
+    /// idempotency_conflict, unauthorized, forbidden, rate_limited,
+    /// overloaded, conflict, payload_too_large, internal.
     pub code: String,
+    /// With `payment_declined`: why, as a stable code (`card_declined`,
+    /// `insufficient_funds`, `insufficient_credit`, `risk_rejected`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<String>,
 }
 
 /// An error answer: status, code, detail and an optional `Retry-After`.
@@ -110,6 +119,8 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds for `Retry-After`.
     pub retry_after_s: Option<u64>,
+    /// `decline_code` of a `payment_declined` problem.
+    pub decline_code: Option<String>,
 }
 
 /// Result of a handler.
@@ -123,6 +134,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            decline_code: None,
         }
     }
     /// 400 `invalid_request`.
@@ -165,6 +177,7 @@ impl ApiError {
             status: self.status.as_u16(),
             detail: self.detail.clone(),
             code: self.code.as_str().to_owned(),
+            decline_code: self.decline_code.clone(),
         }
     }
 }
@@ -241,11 +254,32 @@ fn engine_error(e: EngineError) -> ApiError {
         EngineError::UnknownCheckout { .. } | EngineError::UnknownReturn { .. } => {
             ApiError::not_found(detail)
         }
-        EngineError::PaymentDeclined { .. }
-        | EngineError::PaymentFailed { .. }
-        | EngineError::FraudRejected { .. } => {
-            ApiError::new(StatusCode::PAYMENT_REQUIRED, Code::PaymentDeclined, detail)
-        }
+        EngineError::PaymentDeclined { code, message } => ApiError {
+            decline_code: Some(code),
+            ..ApiError::new(StatusCode::PAYMENT_REQUIRED, Code::PaymentDeclined, message)
+        },
+        // The score and the rules that fired stay on the server (the
+        // checkout record and the logs): telling them to the caller would
+        // teach a fraudster which rule to dodge.
+        EngineError::FraudRejected { .. } => ApiError {
+            decline_code: Some("risk_rejected".into()),
+            ..ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                Code::PaymentDeclined,
+                "the payment was declined",
+            )
+        },
+        EngineError::PaymentFailed { .. } => ApiError {
+            retry_after_s: Some(PAYMENT_UNAVAILABLE_RETRY_AFTER_S),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::PaymentUnavailable,
+                format!(
+                    "{detail}; nothing was charged and no stock is held: \
+                     retry later with a new Idempotency-Key"
+                ),
+            )
+        },
         EngineError::IdempotencyConflict { .. } => {
             ApiError::new(StatusCode::CONFLICT, Code::IdempotencyConflict, detail)
         }
@@ -271,5 +305,51 @@ impl From<ClientError> for ApiError {
                 OVERLOADED_RETRY_AFTER_S,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_failures_are_told_apart_and_fraud_rules_stay_private() {
+        let declined = engine_error(EngineError::PaymentDeclined {
+            code: "insufficient_funds".into(),
+            message: "the card has insufficient funds".into(),
+        });
+        assert_eq!(declined.status, StatusCode::PAYMENT_REQUIRED);
+        let p = declined.problem();
+        assert_eq!(p.code, "payment_declined");
+        assert_eq!(p.decline_code.as_deref(), Some("insufficient_funds"));
+
+        let fraud = engine_error(EngineError::FraudRejected {
+            score: 95,
+            reasons: vec!["card_velocity".into(), "country_mismatch".into()],
+        });
+        assert_eq!(fraud.status, StatusCode::PAYMENT_REQUIRED);
+        let body = serde_json::to_string(&fraud.problem()).unwrap();
+        assert!(
+            body.contains("\"decline_code\":\"risk_rejected\""),
+            "{body}"
+        );
+        for secret in ["95", "card_velocity", "country_mismatch", "score"] {
+            assert!(!body.contains(secret), "{secret} leaked: {body}");
+        }
+
+        let failed = engine_error(EngineError::PaymentFailed {
+            message: "provider timed out".into(),
+        });
+        assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(failed.code, Code::PaymentUnavailable);
+        assert_eq!(
+            failed.retry_after_s,
+            Some(PAYMENT_UNAVAILABLE_RETRY_AFTER_S)
+        );
+        assert!(failed.problem().decline_code.is_none());
+
+        // Other problems carry no decline code at all.
+        let body = serde_json::to_string(&ApiError::invalid("x").problem()).unwrap();
+        assert!(!body.contains("decline_code"), "{body}");
     }
 }

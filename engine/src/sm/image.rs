@@ -318,6 +318,9 @@ impl ShardState {
         state.next_reservation_seq = image.next_reservation_seq;
         state.next_order_seq = image.next_order_seq;
         for sku in image.skus {
+            state
+                .skus_by_seller
+                .insert((sku.seller_id.clone(), sku.sku.clone()));
             state.skus.insert(sku.sku.clone(), sku);
         }
         for r in image.reservations {
@@ -418,7 +421,20 @@ impl ShardState {
         if self.expiries.len() != self.reservations.len() {
             return Err("expiry index lists reservations that do not exist".into());
         }
+        if self.skus_by_seller.len() != self.skus.len() {
+            return Err(format!(
+                "{} SKUs indexed by seller, {} stored",
+                self.skus_by_seller.len(),
+                self.skus.len()
+            ));
+        }
         for (key, sku) in &self.skus {
+            if !self
+                .skus_by_seller
+                .contains(&(sku.seller_id.clone(), key.clone()))
+            {
+                return Err(format!("sku {key:?} missing from its seller's index"));
+            }
             // Reservations skip the key checks of SKUs they find stored
             // (`line_sku`), which is sound only while this holds.
             if *key != sku.sku || validate::key_on("sku", key, self.shard).is_err() {

@@ -24,7 +24,12 @@ impl ShardState {
         validate::text("title", title, TITLE_BYTES_MAX, "TITLE_BYTES_MAX")?;
         check_money("price", price)?;
         if let Some(existing) = self.skus.get_mut(sku) {
-            existing.seller_id = seller_id.to_owned();
+            if existing.seller_id != seller_id {
+                let old = std::mem::replace(&mut existing.seller_id, seller_id.to_owned());
+                self.skus_by_seller.remove(&(old, sku.to_owned()));
+                self.skus_by_seller
+                    .insert((seller_id.to_owned(), sku.to_owned()));
+            }
             existing.title = title.to_owned();
             existing.price = price;
             return Ok(Outcome::SkuUpserted { created: false });
@@ -40,6 +45,8 @@ impl ShardState {
             warehouses: Vec::new(),
         };
         self.skus.insert(sku.to_owned(), record);
+        self.skus_by_seller
+            .insert((seller_id.to_owned(), sku.to_owned()));
         Ok(Outcome::SkuUpserted { created: true })
     }
 

@@ -40,13 +40,16 @@ impl ShardState {
         available_max: Option<u64>,
         limit: usize,
     ) -> (Vec<&Sku>, bool) {
+        // The index is sorted by (seller, sku): the seller's SKUs in order.
+        let start = (seller_id.to_owned(), String::new());
         let mut found: Vec<&Sku> = self
-            .skus
-            .values()
-            .filter(|s| s.seller_id == seller_id)
+            .skus_by_seller
+            .range(start..)
+            .take_while(|(seller, _)| seller == seller_id)
+            .filter_map(|(_, sku)| self.skus.get(sku))
             .filter(|s| available_max.is_none_or(|max| s.available() <= max))
+            .take(limit.saturating_add(1))
             .collect();
-        found.sort_by(|a, b| a.sku.cmp(&b.sku));
         let truncated = found.len() > limit;
         found.truncate(limit);
         (found, truncated)

@@ -52,6 +52,8 @@ pub struct ShardState {
     pub(crate) next_reservation_seq: u64,
     pub(crate) next_order_seq: u64,
     pub(crate) skus: Map<String, Sku>,
+    /// `(seller_id, sku)` of every SKU (derived from the SKUs).
+    pub(crate) skus_by_seller: BTreeSet<(String, String)>,
     pub(crate) reservations: Map<ReservationId, Reservation>,
     /// `(expires_at_ms, id)` of every live reservation.
     pub(crate) expiries: BTreeSet<(u64, ReservationId)>,
@@ -98,6 +100,7 @@ impl ShardState {
             next_reservation_seq: 1,
             next_order_seq: 1,
             skus: Map::default(),
+            skus_by_seller: BTreeSet::new(),
             reservations: Map::default(),
             expiries: BTreeSet::new(),
             orders: Map::default(),
