@@ -481,7 +481,7 @@ impl Core {
                 .collect()
         };
         for (id, req) in due {
-            self.enqueue(
+            let queued = self.enqueue(
                 id,
                 Pending {
                     op: Op::Mutate(req),
@@ -489,6 +489,11 @@ impl Core {
                     reply: None,
                 },
             );
+            // A tick shed by a full queue must be asked for again on the next
+            // timer, or the shard would never expire anything again.
+            if !queued && let Some(slot) = self.slots.borrow_mut().get_mut(&id) {
+                slot.tick_queued = false;
+            }
         }
     }
 
