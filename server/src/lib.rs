@@ -19,4 +19,5 @@ pub mod listings;
 pub mod metrics;
 pub mod node;
 pub mod payments;
+pub mod placement;
 pub mod saga;

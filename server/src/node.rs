@@ -32,11 +32,6 @@ use crate::limits::{
 };
 use crate::metrics::{self, GAUGE_PUBLISH_INTERVAL};
 
-/// The core that owns `shard` when the node has `cores` cores.
-pub fn initial_owner(shard: ShardId, cores: u16) -> u16 {
-    shard % cores
-}
-
 /// The directory of one shard.
 pub fn shard_dir(data: &std::path::Path, shard: ShardId) -> PathBuf {
     data.join("shards").join(format!("{shard:03}"))
@@ -116,12 +111,11 @@ pub fn run_with(config: ServerConfig, on_ready: Option<ReadyHook>) -> anyhow::Re
             addr: addr.to_string(),
         });
     }
-    let owners = (0..SHARD_COUNT)
-        .map(|s| initial_owner(s, config.cores))
-        .collect();
+    // Shard moves of earlier runs hold (placement.rs).
+    let placement = crate::placement::load(&config.data_dir, config.cores);
     let map: SharedMap = Arc::new(arc_swap::ArcSwap::from_pointee(ShardMap {
-        version: 1,
-        owners,
+        version: placement.version,
+        owners: placement.owners,
         cores,
     }));
     // Bound before the cores start, so a taken port fails start-up at once.

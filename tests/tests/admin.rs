@@ -482,7 +482,7 @@ async fn verify_finds_a_flipped_bit_a_truncated_segment_and_a_missing_snapshot()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_aware_client_follows_a_moved_shard() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let mut server = Server::start(dir.path(), &[]);
     let c = client(&server).await;
     let sku = key_on_shard("follow-", 10, 0);
     c.upsert_sku(sku.as_str(), "s", "t", eur(1)).await.unwrap();
@@ -505,4 +505,29 @@ async fn a_shard_aware_client_follows_a_moved_shard() {
     // Snapshots and compaction run on the new owner.
     let snap = json(server.cli(&["--output", "json", "snapshot", "10"]));
     assert_eq!(snap["results"][0]["error"], "", "{snap}");
+
+    // The move survives a kill -9: the node starts with the stored placement.
+    drop(c);
+    server.kill9();
+    server.restart();
+    let shards = json(server.cli(&["--output", "json", "shards"]));
+    assert_eq!(shards["shards"][10]["core"], 1, "{shards}");
+    assert_eq!(shards["shards"][11]["core"], 1);
+    assert_eq!(shards["shards"][12]["core"], 0);
+    let status = json(server.cli(&["--output", "json", "status"]));
+    assert_eq!(status["shard_map_version"], 2);
+    let c = client(&server).await;
+    assert_eq!(c.shard_map().owner_of(10), Some(1));
+    assert_eq!(
+        c.get_sku(sku.as_str()).await.unwrap().unwrap().warehouses[0].on_hand,
+        7
+    );
+
+    // Started with another core count, the stored owners do not apply.
+    drop(c);
+    assert!(server.terminate().success());
+    let data = dir.path().to_path_buf();
+    let four = Server::start(&data, &["--cores", "4"]);
+    let shards = json(four.cli(&["--output", "json", "shards"]));
+    assert_eq!(shards["shards"][10]["core"], 2, "{shards}");
 }

@@ -437,6 +437,13 @@ impl Core {
         });
         let version = old.version + 1;
         metrics::global().shard_moved(shard, to, version);
+        // A small file, written once per move (an admin action), so on
+        // this thread: the move is done either way, only its survival of a
+        // restart depends on it.
+        if let Err(e) = crate::placement::save(&self.config.data_dir, &self.map, self.config.cores)
+        {
+            tracing::error!(shard, error = %e, "cannot store the shard placement; after a restart the shard returns to its previous core");
+        }
         let paused_us = paused.elapsed().as_micros() as u64;
         tracing::info!(
             shard,
