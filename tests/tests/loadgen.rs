@@ -147,3 +147,37 @@ fn verify_fails_loudly_when_stock_moves_behind_the_load_generator() {
     assert!(stderr.contains("verify: FAILED"), "{stderr}");
     assert!(stderr.contains("PHANTOM sku-7"), "{stderr}");
 }
+
+#[test]
+fn the_http_target_drives_the_rest_gateway_and_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--http-rate-limits", "anonymous=1000000,admin=1000000"],
+    );
+    let target = format!("http://{}", server.http.as_ref().expect("gateway address"));
+    seed(&target);
+    for scenario in ["mixed", "reserve"] {
+        let mut args = vec![
+            "run",
+            "--target",
+            &target,
+            "--scenario",
+            scenario,
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+            "--verify",
+            "--quiet",
+        ];
+        args.extend(CATALOG);
+        let out = loadgen(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{scenario} over HTTP failed: {stderr}"
+        );
+        assert!(stderr.contains("verify: OK"), "{scenario}: {stderr}");
+    }
+}
