@@ -51,6 +51,8 @@ pub const CART_ITEMS_MAX: usize = 200;
 pub const WISHLISTS_MAX: usize = 1 << 22;
 /// Distinct SKUs in one wishlist.
 pub const WISHLIST_ITEMS_MAX: usize = 500;
+// A full list is never empty (orders.rs relies on it).
+const _: () = assert!(CART_ITEMS_MAX >= 1 && WISHLIST_ITEMS_MAX >= 1);
 /// Lines in one order.
 pub const ORDER_LINES_MAX: usize = 64;
 /// Lines of an order placed by checkout: one per SKU and shipping warehouse,

@@ -557,8 +557,8 @@ mod tests {
         state.apply(now, &Request::new(command)).unwrap();
     }
 
-    /// A state with something in every group of image fields but wishlists.
-    fn state_before_wishlists() -> ShardState {
+    /// A SKU with stock and a cart: what image version 1 could hold.
+    fn catalogue() -> ShardState {
         let mut s = ShardState::new(SHARD);
         let user = key_on_shard("user-", SHARD, 0);
         let sku = key_on_shard("sku-", SHARD, 0);
@@ -589,16 +589,23 @@ mod tests {
             &mut s,
             12,
             Command::CartSet {
-                user_id: user.clone(),
+                user_id: user,
                 sku,
                 qty: 2,
             },
         );
+        s
+    }
+
+    /// A catalogue and a cart plus store credit: every image field group
+    /// but wishlists.
+    fn state_before_wishlists() -> ShardState {
+        let mut s = catalogue();
         let grant = CommerceCommand::CreditGrant {
-            user_id: user,
+            user_id: key_on_shard("user-", SHARD, 0),
             amount: Money {
                 amount_minor: 1_000,
-                currency: eur,
+                currency: Currency::parse("EUR").unwrap(),
             },
         };
         apply(&mut s, 13, Command::Commerce(Box::new(grant)));
@@ -650,24 +657,7 @@ mod tests {
         assert_eq!(loaded.to_image().version, IMAGE_VERSION);
 
         // Version 1: no commerce fields at all.
-        let plain = {
-            let mut p = ShardState::new(SHARD);
-            let sku = key_on_shard("sku-", SHARD, 1);
-            apply(
-                &mut p,
-                5,
-                Command::UpsertSku {
-                    sku,
-                    seller_id: "acme".into(),
-                    title: "t".into(),
-                    price: Money {
-                        amount_minor: 1,
-                        currency: Currency::parse("EUR").unwrap(),
-                    },
-                },
-            );
-            p
-        };
+        let plain = catalogue();
         let i = plain.to_image();
         let v1 = StateImageV1 {
             version: 1,

@@ -638,47 +638,38 @@ async fn checkout_lifecycle_returns_and_credit() {
     assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
     assert_eq!(o.body["status"], "confirmed");
     assert_eq!(o.body["payment"]["status"], "captured");
-    let declined = checkout(
-        &h,
-        None,
-        "carol",
-        "lamp",
-        1,
-        json!({"method": "card", "card_number": "4000000000000002"}),
-    )
-    .await;
-    assert_eq!(
-        (declined.status, declined.code()),
-        (StatusCode::PAYMENT_REQUIRED, "payment_declined")
-    );
-    assert_eq!(declined.body["decline_code"], "card_declined");
-    let broke = checkout(
-        &h,
-        None,
-        "carol",
-        "lamp",
-        1,
-        json!({"method": "card", "card_number": "4000000000009995"}),
-    )
-    .await;
-    assert_eq!(broke.code(), "payment_declined");
-    assert_eq!(broke.body["decline_code"], "insufficient_funds");
-    let unavailable = checkout(
-        &h,
-        None,
-        "carol",
-        "lamp",
-        1,
-        json!({"method": "card", "card_number": "4000000000000119"}),
-    )
-    .await;
-    assert_eq!(
-        (unavailable.status, unavailable.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "payment_unavailable"),
-        "{}",
-        unavailable.body
-    );
-    assert!(unavailable.headers.contains_key("retry-after"));
+    // Sandbox cards: declined, insufficient funds, provider failing.
+    for (card, status, code, decline_code) in [
+        (
+            "4000000000000002",
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_declined",
+            "card_declined",
+        ),
+        (
+            "4000000000009995",
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_declined",
+            "insufficient_funds",
+        ),
+        (
+            "4000000000000119",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "payment_unavailable",
+            "",
+        ),
+    ] {
+        let payment = json!({"method": "card", "card_number": card});
+        let a = checkout(&h, None, "carol", "lamp", 1, payment).await;
+        assert_eq!((a.status, a.code()), (status, code), "{card}: {}", a.body);
+        assert_eq!(
+            a.body["decline_code"].as_str().unwrap_or(""),
+            decline_code,
+            "{card}"
+        );
+        let retry_after = a.headers.contains_key("retry-after");
+        assert_eq!(retry_after, code == "payment_unavailable", "{card}");
+    }
     // Only the first order's 2 units are gone: none of the failed checkouts
     // kept any stock (compensation runs before the answer).
     let lamp = h.call(Method::GET, "/v1/skus/lamp", None, None).await;

@@ -253,24 +253,8 @@ impl ShardState {
         reservations.sort_by_key(|r| r.id);
         let mut orders: Vec<Order> = self.orders.values().cloned().collect();
         orders.sort_by_key(|o| o.id);
-        let mut carts: Vec<CartImage> = self
-            .carts
-            .iter()
-            .map(|(user_id, items)| CartImage {
-                user_id: user_id.clone(),
-                items: items.clone(),
-            })
-            .collect();
-        carts.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        let mut wishlists: Vec<CartImage> = self
-            .wishlists
-            .iter()
-            .map(|(user_id, items)| CartImage {
-                user_id: user_id.clone(),
-                items: items.clone(),
-            })
-            .collect();
-        wishlists.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let carts = lists_image(&self.carts);
+        let wishlists = lists_image(&self.wishlists);
         let mut idempotency: Vec<IdempotencyRecord> = self.idempotency.values().cloned().collect();
         idempotency.sort_by(|a, b| a.key.cmp(&b.key));
         let mut checkouts: Vec<Checkout> = self.checkouts.values().cloned().collect();
@@ -421,6 +405,8 @@ impl ShardState {
         if self.expiries.len() != self.reservations.len() {
             return Err("expiry index lists reservations that do not exist".into());
         }
+        // Every index entry names a stored SKU with that seller (so no SKU
+        // is listed twice), and there are as many entries as SKUs.
         if self.skus_by_seller.len() != self.skus.len() {
             return Err(format!(
                 "{} SKUs indexed by seller, {} stored",
@@ -428,13 +414,12 @@ impl ShardState {
                 self.skus.len()
             ));
         }
-        for (key, sku) in &self.skus {
-            if !self
-                .skus_by_seller
-                .contains(&(sku.seller_id.clone(), key.clone()))
-            {
-                return Err(format!("sku {key:?} missing from its seller's index"));
+        for (seller, key) in &self.skus_by_seller {
+            if self.skus.get(key).map(|s| &s.seller_id) != Some(seller) {
+                return Err(format!("sku {key:?} indexed under seller {seller:?}"));
             }
+        }
+        for (key, sku) in &self.skus {
             // Reservations skip the key checks of SKUs they find stored
             // (`line_sku`), which is sound only while this holds.
             if *key != sku.sku || validate::key_on("sku", key, self.shard).is_err() {
@@ -580,6 +565,19 @@ impl ShardState {
             .get(&id)
             .map_or(0, |r| r.allocations.iter().map(|a| u64::from(a.qty)).sum())
     }
+}
+
+/// Per-user item lists (carts, wishlists) sorted by user.
+fn lists_image(lists: &Map<String, Vec<CartItem>>) -> Vec<CartImage> {
+    let mut image: Vec<CartImage> = lists
+        .iter()
+        .map(|(user_id, items)| CartImage {
+            user_id: user_id.clone(),
+            items: items.clone(),
+        })
+        .collect();
+    image.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    image
 }
 
 fn check_stock(sku: &Sku, w: &crate::sm::types::WarehouseStock, held: u64) -> Result<(), String> {

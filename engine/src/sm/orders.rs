@@ -169,10 +169,7 @@ fn list_set(
         Ok(i) => items[i].qty = qty,
         Err(i) => {
             if items.len() >= items_max {
-                // An empty list is never kept.
-                if items.is_empty() {
-                    lists.remove(user_id);
-                }
+                // Not empty (the maximum is at least 1), so nothing to undo.
                 return Err(limit_reached(items_name, items_max as u64));
             }
             items.insert(

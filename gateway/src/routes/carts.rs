@@ -10,26 +10,85 @@ use crate::extract::{IdempotencyKey, JsonBody, PathParams, check_id};
 use crate::model::{CartView, SetQty};
 use crate::problem::{ApiError, ApiResult, Problem};
 
-/// A user's cart.
-#[utoipa::path(get, path = "/v1/users/{user_id}/cart", tag = "carts",
-    params(("user_id" = String, Path, description = "User id")),
-    responses(
-        (status = 200, body = CartView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json")),
-    security(("bearer" = [])))]
-pub(crate) async fn get_cart(
-    State(app): State<App>,
-    caller: Caller,
-    PathParams(user_id): PathParams<String>,
+/// Which of a user's two item lists.
+#[derive(Clone, Copy)]
+enum List {
+    Cart,
+    Wishlist,
+}
+
+impl List {
+    fn set(self, user_id: String, sku: String, qty: u32) -> Command {
+        match self {
+            List::Cart => Command::CartSet { user_id, sku, qty },
+            List::Wishlist => commerce(CommerceCommand::WishlistSet { user_id, sku, qty }),
+        }
+    }
+
+    fn remove(self, user_id: String, sku: String) -> Command {
+        match self {
+            List::Cart => Command::CartRemove { user_id, sku },
+            List::Wishlist => commerce(CommerceCommand::WishlistRemove { user_id, sku }),
+        }
+    }
+}
+
+fn commerce(c: CommerceCommand) -> Command {
+    Command::Commerce(Box::new(c))
+}
+
+async fn read(
+    app: &App,
+    caller: &Caller,
+    list: List,
+    user_id: String,
 ) -> ApiResult<Json<CartView>> {
     check_id("user_id", &user_id)?;
     caller.require_user(&user_id)?;
-    let items = app.client().get_cart(user_id.as_str()).await?;
+    let items = match list {
+        List::Cart => app.client().get_cart(user_id.as_str()).await?,
+        List::Wishlist => app.client().get_wishlist(user_id.as_str()).await?,
+    };
     Ok(Json(CartView::new(&user_id, &items)))
 }
 
+async fn set(
+    app: &App,
+    caller: &Caller,
+    idem: &IdempotencyKey,
+    list: List,
+    user_id: String,
+    sku: String,
+    qty: u32,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    check_id("sku", &sku)?;
+    caller.require_user(&user_id)?;
+    if qty == 0 {
+        return Err(ApiError::invalid(
+            "qty must be at least 1 (DELETE removes an item)",
+        ));
+    }
+    let command = list.set(user_id.clone(), sku, qty);
+    change(app, caller, idem, &user_id, command).await
+}
+
+async fn remove(
+    app: &App,
+    caller: &Caller,
+    idem: &IdempotencyKey,
+    list: List,
+    user_id: String,
+    sku: String,
+) -> ApiResult<Json<CartView>> {
+    check_id("user_id", &user_id)?;
+    check_id("sku", &sku)?;
+    caller.require_user(&user_id)?;
+    let command = list.remove(user_id.clone(), sku);
+    change(app, caller, idem, &user_id, command).await
+}
+
+/// Applies a change to a list and answers the list afterwards.
 async fn change(
     app: &App,
     caller: &Caller,
@@ -55,6 +114,23 @@ async fn change(
     Ok(Json(CartView::new(user_id, &items)))
 }
 
+/// A user's cart.
+#[utoipa::path(get, path = "/v1/users/{user_id}/cart", tag = "carts",
+    params(("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, body = CartView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn get_cart(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(user_id): PathParams<String>,
+) -> ApiResult<Json<CartView>> {
+    read(&app, &caller, List::Cart, user_id).await
+}
+
 /// Sets the quantity of a SKU in the cart (adds it if absent). Other
 /// devices of the user see a `cart` event.
 #[utoipa::path(put, path = "/v1/users/{user_id}/cart/items/{sku}", tag = "carts", request_body = SetQty,
@@ -74,20 +150,7 @@ pub(crate) async fn set_item(
     PathParams((user_id, sku)): PathParams<(String, String)>,
     JsonBody(body): JsonBody<SetQty>,
 ) -> ApiResult<Json<CartView>> {
-    check_id("user_id", &user_id)?;
-    check_id("sku", &sku)?;
-    caller.require_user(&user_id)?;
-    if body.qty == 0 {
-        return Err(ApiError::invalid(
-            "qty must be at least 1 (DELETE removes an item)",
-        ));
-    }
-    let command = Command::CartSet {
-        user_id: user_id.clone(),
-        sku,
-        qty: body.qty,
-    };
-    change(&app, &caller, &idem, &user_id, command).await
+    set(&app, &caller, &idem, List::Cart, user_id, sku, body.qty).await
 }
 
 /// Removes a SKU from the cart.
@@ -106,14 +169,7 @@ pub(crate) async fn remove_item(
     idem: IdempotencyKey,
     PathParams((user_id, sku)): PathParams<(String, String)>,
 ) -> ApiResult<Json<CartView>> {
-    check_id("user_id", &user_id)?;
-    check_id("sku", &sku)?;
-    caller.require_user(&user_id)?;
-    let command = Command::CartRemove {
-        user_id: user_id.clone(),
-        sku,
-    };
-    change(&app, &caller, &idem, &user_id, command).await
+    remove(&app, &caller, &idem, List::Cart, user_id, sku).await
 }
 
 /// A user's wishlist.
@@ -130,10 +186,7 @@ pub(crate) async fn get_wishlist(
     caller: Caller,
     PathParams(user_id): PathParams<String>,
 ) -> ApiResult<Json<CartView>> {
-    check_id("user_id", &user_id)?;
-    caller.require_user(&user_id)?;
-    let items = app.client().get_wishlist(user_id.as_str()).await?;
-    Ok(Json(CartView::new(&user_id, &items)))
+    read(&app, &caller, List::Wishlist, user_id).await
 }
 
 /// Sets the quantity of a SKU in the wishlist (adds it if absent). Other
@@ -155,27 +208,7 @@ pub(crate) async fn set_wishlist_item(
     PathParams((user_id, sku)): PathParams<(String, String)>,
     JsonBody(body): JsonBody<SetQty>,
 ) -> ApiResult<Json<CartView>> {
-    check_id("user_id", &user_id)?;
-    check_id("sku", &sku)?;
-    caller.require_user(&user_id)?;
-    if body.qty == 0 {
-        return Err(ApiError::invalid(
-            "qty must be at least 1 (DELETE removes an item)",
-        ));
-    }
-    let command = CommerceCommand::WishlistSet {
-        user_id: user_id.clone(),
-        sku,
-        qty: body.qty,
-    };
-    change(
-        &app,
-        &caller,
-        &idem,
-        &user_id,
-        Command::Commerce(Box::new(command)),
-    )
-    .await
+    set(&app, &caller, &idem, List::Wishlist, user_id, sku, body.qty).await
 }
 
 /// Removes a SKU from the wishlist.
@@ -194,19 +227,5 @@ pub(crate) async fn remove_wishlist_item(
     idem: IdempotencyKey,
     PathParams((user_id, sku)): PathParams<(String, String)>,
 ) -> ApiResult<Json<CartView>> {
-    check_id("user_id", &user_id)?;
-    check_id("sku", &sku)?;
-    caller.require_user(&user_id)?;
-    let command = CommerceCommand::WishlistRemove {
-        user_id: user_id.clone(),
-        sku,
-    };
-    change(
-        &app,
-        &caller,
-        &idem,
-        &user_id,
-        Command::Commerce(Box::new(command)),
-    )
-    .await
+    remove(&app, &caller, &idem, List::Wishlist, user_id, sku).await
 }
