@@ -376,6 +376,11 @@ async fn inventory_reservations_idempotency_and_bad_input() {
             "{method} {path}: {}",
             a.body
         );
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The unread body makes the connection unusable: it is closed.
+            let conn = a.headers.get("connection").and_then(|v| v.to_str().ok());
+            assert_eq!(conn, Some("close"), "{method} {path}");
+        }
     }
 
     let a = h.call(Method::GET, "/healthz", None, None).await;
