@@ -1,11 +1,14 @@
 //! reserva's engine: one logical shard's deterministic state machine ([`sm`]),
-//! its memory-mapped append log ([`log`]), and the two joined into a durable
-//! shard ([`shard`]).
+//! its memory-mapped append log ([`log`]), the two joined into a durable
+//! shard ([`shard`]), and the per-core commit journal ([`journal`]) that
+//! makes a commit round durable with one barrier.
 //!
 //! The state machine never touches a file, a socket or a clock; only `log`
-//! touches files; nothing in this crate opens a socket or reads a clock.
+//! and `journal` touch files; nothing in this crate opens a socket or reads
+//! a clock.
 
 pub mod ids;
+pub mod journal;
 pub mod limits;
 pub mod log;
 pub mod shard;
