@@ -269,7 +269,16 @@ fn log_failed_sync_poisons_and_reopen_keeps_synced_batches() {
     append(&mut log, &[30]);
     log.fail_next_sync();
     let err = log.sync().unwrap_err();
-    assert!(matches!(err, LogError::Io { op: "msync", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LogError::Io {
+                op: "fdatasync",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = log.append_batch([(1, &b"x"[..])].into_iter()).unwrap_err();
     assert!(matches!(err, LogError::Poisoned { shard: 7 }), "{err}");
     assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));

@@ -10,7 +10,7 @@ use super::Lsn;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LogError {
-    /// An operating-system call failed. `op` names the call (`"msync"`,
+    /// An operating-system call failed. `op` names the call (`"fdatasync"`,
     /// `"fallocate"`, `"rename"`, ...), `path` the file or directory.
     #[error(
         "I/O error during {op} on {path}: {source} (check free space, permissions and the device; then restart the node)"
@@ -37,7 +37,7 @@ pub enum LogError {
     },
 
     /// A durability barrier failed earlier. The state of the unsynced pages
-    /// is unknown, so the log refuses all further writes (a failed `msync` is
+    /// is unknown, so the log refuses all further writes (a failed `fdatasync` is
     /// never retried).
     #[error(
         "shard {shard}: log is poisoned by an earlier failed sync and refuses writes; restart the node so recovery re-reads what reached the disk"

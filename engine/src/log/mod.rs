@@ -156,8 +156,6 @@ pub struct Log {
     active: WritableSegment,
     /// Where the next record goes in `active`.
     write_offset: usize,
-    /// Start of the bytes of `active` written since the last barrier.
-    dirty_start: usize,
     /// Older segments, oldest first.
     sealed: Vec<Sealed>,
     /// The next segment, allocated and mapped ahead of time.
@@ -256,7 +254,6 @@ impl Log {
             _lock: lock,
             active,
             write_offset: recovered.write_offset,
-            dirty_start: recovered.write_offset,
             sealed,
             prepared: None,
             snapshots,
@@ -376,7 +373,16 @@ impl Log {
     /// Moves writing to the next segment. The current one is synced first,
     /// so a valid record in segment k+1 implies segment k is durable.
     fn rollover(&mut self) -> Result<(), LogError> {
-        self.flush_dirty()?;
+        let result = if std::mem::take(&mut self.fail_next_sync) {
+            Err(io::Error::other("injected sync failure (test hook)"))
+        } else {
+            self.active.file.sync_data()
+        };
+        if let Err(source) = result {
+            self.poisoned = true;
+            tracing::error!(shard = self.shard, path = %self.active.path.display(), error = %source, "log: fdatasync failed; log poisoned");
+            return Err(LogError::io("fdatasync", &self.active.path, source));
+        }
         let prepared = match self.prepared.take() {
             Some(p) => p,
             None => PreparedSegment::create(&self.dir, self.config.segment_bytes)?,
@@ -389,18 +395,16 @@ impl Log {
             first_lsn: old.first_lsn,
         });
         self.write_offset = SEGMENT_HEADER_BYTES;
-        // The new header is not durable yet: the next barrier covers it.
-        self.dirty_start = 0;
         Ok(())
     }
 
-    /// The durability barrier. When it returns `Ok(lsn)`:
+    /// The durability barrier, run inline: [`Log::begin_sync`], then
+    /// [`PendingSync::run`] on this thread, then [`Log::finish_sync`]. When it
+    /// returns `Ok(lsn)`:
     ///
     /// * every record with LSN <= `lsn` has been written to stable storage
-    ///   by `msync(MS_SYNC)` of the bytes written since the previous barrier
-    ///   (earlier segments were synced in full at rollover, each segment's
-    ///   block allocation when it was prepared, its directory entry when it
-    ///   was installed, and its header with the first barrier after that);
+    ///   (`fdatasync` of the segment files that hold records not yet
+    ///   durable; see [`PendingSync::run`]);
     /// * so, given the media assumptions in `docs/log-format.md`, those
     ///   records survive a process crash and a power loss, and recovery
     ///   will return them (or refuse to open with `Corrupt`), never cut them.
@@ -408,30 +412,27 @@ impl Log {
     /// It says nothing about records appended after it was called, and
     /// nothing about snapshots (`write_snapshot` syncs its own file).
     ///
-    /// If the flush fails, the log is poisoned: this call returns the I/O
+    /// If the barrier fails, the log is poisoned: this call returns the I/O
     /// error and every later append, sync or snapshot returns
-    /// [`LogError::Poisoned`]. A failed `msync` is never retried: the kernel may
-    /// have dropped the dirty pages, so a retry could "succeed" without the
-    /// data. Reopen the log to learn what actually reached the disk.
+    /// [`LogError::Poisoned`]. A failed `fdatasync` is never retried: the
+    /// kernel may have dropped the dirty pages, so a retry could "succeed"
+    /// without the data. Reopen the log to learn what actually reached the
+    /// disk.
     pub fn sync(&mut self) -> Result<Lsn, LogError> {
-        self.check_writable()?;
-        if self.durable_lsn == self.last_lsn {
-            debug_assert_eq!(self.dirty_start, self.write_offset);
-            return Ok(self.durable_lsn);
+        match self.begin_sync()? {
+            None => Ok(self.durable_lsn),
+            Some(pending) => {
+                let result = pending.run();
+                self.finish_sync(pending, result)
+            }
         }
-        self.flush_dirty()?;
-        self.durable_lsn = self.last_lsn;
-        Ok(self.durable_lsn)
     }
 
-    /// Flushes the active segment's dirty range; poisons the log on failure.
     /// The first half of a barrier that runs off the writer's thread: the
     /// records appended so far (up to [`Log::last_lsn`]) become durable once
-    /// [`PendingSync::run`] (an `fdatasync` of the active segment, which on
-    /// Linux writes back pages dirtied through the mapping like `msync` does)
-    /// returns `Ok` and the result is handed to [`Log::finish_sync`].
-    /// Appending may go on in between; those records wait for a later
-    /// barrier. `None` if nothing is waiting for a barrier.
+    /// [`PendingSync::run`] returns `Ok` and the result is handed to
+    /// [`Log::finish_sync`]. Appending may go on in between; those records
+    /// wait for a later barrier. `None` if nothing is waiting for a barrier.
     pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogError> {
         self.check_writable()?;
         if self.durable_lsn == self.last_lsn {
@@ -446,12 +447,12 @@ impl Log {
             file,
             path: self.active.path.clone(),
             lsn: self.last_lsn,
-            offset: self.write_offset,
             fail: std::mem::take(&mut self.fail_next_sync),
         }))
     }
 
-    /// The second half of [`Log::begin_sync`]. A failed sync poisons the log.
+    /// The second half of [`Log::begin_sync`]. A failed sync poisons the log
+    /// (see [`Log::sync`]).
     pub fn finish_sync(
         &mut self,
         pending: PendingSync,
@@ -464,32 +465,8 @@ impl Log {
             return Err(LogError::io("fdatasync", &pending.path, source));
         }
         debug_assert!(pending.lsn <= self.last_lsn);
-        // A rollover in between synced the old segment itself; the dirty
-        // range then belongs to the new one and stays as it is.
-        if pending.path == self.active.path {
-            self.dirty_start = self.dirty_start.max(pending.offset);
-        }
         self.durable_lsn = self.durable_lsn.max(pending.lsn);
         Ok(self.durable_lsn)
-    }
-
-    fn flush_dirty(&mut self) -> Result<(), LogError> {
-        let result = if std::mem::take(&mut self.fail_next_sync) {
-            Err(io::Error::other("injected sync failure (test hook)"))
-        } else {
-            self.active.flush(self.dirty_start, self.write_offset)
-        };
-        match result {
-            Ok(()) => {
-                self.dirty_start = self.write_offset;
-                Ok(())
-            }
-            Err(source) => {
-                self.poisoned = true;
-                tracing::error!(shard = self.shard, path = %self.active.path.display(), error = %source, "log: msync failed; log poisoned");
-                Err(LogError::io("msync", &self.active.path, source))
-            }
-        }
     }
 
     fn check_writable(&self) -> Result<(), LogError> {
@@ -658,7 +635,7 @@ impl Log {
     }
 
     /// Test hook: the next barrier (in `sync` or at rollover) fails as if
-    /// `msync` had returned an error.
+    /// `fdatasync` had returned an error.
     #[cfg(any(test, feature = "testing"))]
     pub fn fail_next_sync(&mut self) {
         self.fail_next_sync = true;
@@ -693,12 +670,12 @@ pub struct PendingSync {
     file: File,
     path: PathBuf,
     lsn: Lsn,
-    offset: usize,
     fail: bool,
 }
 
 impl PendingSync {
-    /// Makes the active segment's data durable (`fdatasync`). Blocks.
+    /// Makes the active segment's data durable (`fdatasync`; on Linux it
+    /// writes back the pages dirtied through the mapping). Blocks.
     pub fn run(&self) -> io::Result<()> {
         if self.fail {
             return Err(io::Error::other("injected sync failure (test hook)"));

@@ -47,16 +47,6 @@ impl WritableSegment {
     pub fn bytes(&self) -> usize {
         self.map.len()
     }
-
-    /// `msync(MS_SYNC)` of `[from, to)`: returns once those bytes are on
-    /// stable storage (or the flush failed).
-    pub fn flush(&self, from: usize, to: usize) -> io::Result<()> {
-        debug_assert!(from <= to && to <= self.bytes());
-        if from == to {
-            return Ok(());
-        }
-        self.map.flush_range(from, to - from)
-    }
 }
 
 /// A fully allocated, mapped and pre-faulted segment file waiting under a
@@ -181,9 +171,9 @@ impl PreparedSegment {
             first_lsn,
         };
         self.map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-        self.map
-            .flush_range(0, SEGMENT_HEADER_BYTES)
-            .map_err(|e| LogError::io("msync", &self.path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| LogError::io("fdatasync", &self.path, e))?;
         self.install_named(dir, first_lsn)
     }
 

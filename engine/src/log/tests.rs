@@ -190,7 +190,13 @@ fn failed_sync_poisons_the_log_for_good() {
     assert_eq!(log.sync().unwrap(), 1);
     log.append_batch([(1, &b"lost?"[..])].into_iter()).unwrap();
     log.fail_next_sync();
-    assert!(matches!(log.sync(), Err(LogError::Io { op: "msync", .. })));
+    assert!(matches!(
+        log.sync(),
+        Err(LogError::Io {
+            op: "fdatasync",
+            ..
+        })
+    ));
     assert!(log.is_poisoned());
     assert_eq!(log.durable_lsn(), 1);
     let append = log.append_batch([(1, &b"more"[..])].into_iter());
@@ -217,7 +223,16 @@ fn failed_sync_at_rollover_poisons_the_log() {
     log.fail_next_sync();
     // The second record does not fit: rollover syncs the first segment.
     let err = log.append_batch([(1, &big[..])].into_iter()).unwrap_err();
-    assert!(matches!(err, LogError::Io { op: "msync", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LogError::Io {
+                op: "fdatasync",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
 }
 
