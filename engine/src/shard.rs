@@ -148,9 +148,25 @@ pub struct Shard {
     log: Log,
     config: ShardConfig,
     records_since_snapshot: u64,
-    /// Records of applied requests not yet appended to the log.
-    staged: Vec<(u16, rkyv::util::AlignedVec<16>)>,
+    /// Records of applied requests not yet taken by [`Shard::take_staged`].
+    staged: Vec<Staged>,
+    staged_bytes: usize,
+    /// The LSN of the last record handed out by `apply` (staged, in flight
+    /// to the journal, or appended to the log).
+    assigned_lsn: Lsn,
     poisoned: bool,
+}
+
+/// The log record of one applied request, with the LSN it will have in the
+/// shard's log.
+#[derive(Debug)]
+pub struct Staged {
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// Record kind.
+    pub kind: u16,
+    /// The encoded `LogEntry`.
+    pub bytes: rkyv::util::AlignedVec<16>,
 }
 
 impl fmt::Debug for Shard {
@@ -195,10 +211,12 @@ impl Shard {
         debug_assert_eq!(state.check_invariants(), Ok(()));
         let shard = Shard {
             state,
+            assigned_lsn: log.last_lsn(),
             log,
             config,
             records_since_snapshot: replayed,
             staged: Vec::new(),
+            staged_bytes: 0,
             poisoned: false,
         };
         Ok((shard, report))
@@ -237,28 +255,85 @@ impl Shard {
         let bytes = encode_entry(&entry, self.log.record_payload_bytes_max())?;
         let applied = self.state.apply(now_ms, &entry.request)?;
         if applied.is_new {
-            self.staged.push((kind, bytes));
+            self.assigned_lsn += 1;
+            self.staged_bytes += bytes.len();
+            self.staged.push(Staged {
+                lsn: self.assigned_lsn,
+                kind,
+                bytes,
+            });
         }
         Ok(applied.outcome)
     }
 
     /// Appends every staged record as one batch (not yet durable).
     pub fn append_staged(&mut self) -> Result<usize, ShardError> {
+        let staged = self.take_staged();
+        self.append_committed(&staged)
+    }
+
+    /// The records staged since the last call, in LSN order, for a commit
+    /// journal; they reach this shard's log with [`Shard::append_committed`]
+    /// once the journal made them durable.
+    pub fn take_staged(&mut self) -> Vec<Staged> {
+        self.staged_bytes = 0;
+        std::mem::take(&mut self.staged)
+    }
+
+    /// Payload bytes of the staged records not yet taken.
+    pub fn staged_bytes(&self) -> usize {
+        self.staged_bytes
+    }
+
+    /// Whether enough records were appended since the last snapshot that
+    /// [`Shard::maybe_snapshot`] would take one.
+    pub fn snapshot_due(&self) -> bool {
+        let every = self.config.snapshot_every_records;
+        every != 0 && self.records_since_snapshot >= every
+    }
+
+    /// Whether there are staged records not yet taken.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// Stops the shard: it refuses everything until reopened. For a server
+    /// whose commit journal failed, so that state applied in memory but never
+    /// made durable is never read.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    /// Appends records taken with [`Shard::take_staged`] to the log as one
+    /// batch, in order: they must continue the log exactly. A failed append
+    /// poisons the shard.
+    pub fn append_committed(&mut self, records: &[Staged]) -> Result<usize, ShardError> {
         self.check_poisoned()?;
-        let n = self.staged.len();
-        if n == 0 {
+        let Some(first) = records.first() else {
             return Ok(0);
-        }
+        };
+        assert_eq!(
+            first.lsn,
+            self.log.last_lsn() + 1,
+            "shard {}: committed records continue the log",
+            self.id()
+        );
         let appended = self
             .log
-            .append_batch(self.staged.iter().map(|(k, b)| (*k, b.as_slice())));
-        self.staged.clear();
+            .append_batch(records.iter().map(|r| (r.kind, r.bytes.as_slice())));
         if let Err(e) = appended {
             self.poisoned = true;
             return Err(e.into());
         }
-        self.records_since_snapshot += n as u64;
-        Ok(n)
+        debug_assert_eq!(self.log.last_lsn(), records[records.len() - 1].lsn);
+        self.records_since_snapshot += records.len() as u64;
+        Ok(records.len())
+    }
+
+    /// Whether records applied to the state have not all reached the log
+    /// yet (staged, or waiting for a journal barrier).
+    pub fn has_records_in_flight(&self) -> bool {
+        self.assigned_lsn != self.log.last_lsn()
     }
 
     /// The durability barrier for everything appended so far. On failure the
@@ -322,7 +397,7 @@ impl Shard {
     pub fn snapshot(&mut self) -> Result<Lsn, ShardError> {
         self.check_poisoned()?;
         let shard = self.state.shard();
-        if self.log.last_lsn() != self.log.durable_lsn() || !self.staged.is_empty() {
+        if self.log.last_lsn() != self.log.durable_lsn() || self.has_records_in_flight() {
             return Err(ShardError::NotSynced { shard });
         }
         let lsn = self.log.durable_lsn();
@@ -371,7 +446,7 @@ impl Shard {
     /// snapshots also happen when barriers are not on the answer path).
     pub fn maybe_snapshot(&mut self) -> Result<Option<Lsn>, ShardError> {
         let every = self.config.snapshot_every_records;
-        if every == 0 || self.records_since_snapshot < every || !self.staged.is_empty() {
+        if every == 0 || self.records_since_snapshot < every || self.has_records_in_flight() {
             return Ok(None);
         }
         if self.log.last_lsn() != self.log.durable_lsn() {
@@ -395,7 +470,7 @@ impl Shard {
     /// The LSN the last staged record will get once appended (`last_lsn`
     /// when nothing is staged): grows with every state-changing `apply`.
     pub fn staged_lsn(&self) -> Lsn {
-        self.log.last_lsn() + self.staged.len() as Lsn
+        self.assigned_lsn
     }
     /// LSN of the last durable record.
     pub fn durable_lsn(&self) -> Lsn {

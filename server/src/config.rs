@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub auth: Option<AuthTable>,
     /// Log segment size per shard.
     pub segment_bytes: u64,
+    /// Each core's commit journal: segment size and count.
+    pub journal: reserva_engine::journal::JournalConfig,
     /// Snapshot after this many records per shard.
     pub snapshot_every_records: u64,
     /// Locked I/O memory per executor.

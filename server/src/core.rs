@@ -4,36 +4,40 @@
 //! only through [`Forwarded`] messages on the core's bounded inbox; a shard is
 //! never touched by two threads.
 //!
-//! Group commit: the committer task takes up to `COMMIT_BATCH_MAX` requests
-//! from every shard that has work, applies them (reads are answered at their
-//! place in the batch), appends each shard's records as one log batch, makes
-//! every touched shard durable (under `--fsync always`), and only then sends
-//! the answers. A burst makes batches bigger, not answers slower.
+//! Group commit (`commit`): the committer applies the queued requests of
+//! every shard with work, writes their records as one journal frame with one
+//! barrier per round, and only then sends the answers; the checkpointer
+//! (`checkpoint`) makes the shards' own logs durable off the answer path. A
+//! burst makes rounds bigger, not answers slower.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use reserva_engine::ids::{CheckoutId, OrderId, ShardId};
+use reserva_engine::journal::Journal;
 use reserva_engine::shard::Shard;
 use reserva_engine::sm::{Command, CommerceCommand, CommerceOutcome, Order, Outcome, ShardState};
 use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
 use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
 
-use crate::config::{FsyncMode, ServerConfig};
+use crate::config::ServerConfig;
 use crate::events::EventRing;
-use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS, SCAN_ORDERS_MAX, SHARD_QUEUE_DEPTH_MAX};
+use crate::limits::{RETRY_AFTER_MS, SCAN_ORDERS_MAX, SHARD_QUEUE_DEPTH_MAX};
 use crate::metrics::{self, Shed};
 use crate::saga::{self, Sagas};
 
+mod checkpoint;
+mod commit;
 mod control;
+use commit::CommitState;
 pub use control::{Control, HotSkus, MoveDone, ShardOutcome};
 use control::{CoreAdmin, TopK};
 
@@ -106,6 +110,12 @@ pub struct Core {
     ready: RefCell<VecDeque<ShardId>>,
     doorbell_tx: LocalSender<()>,
     doorbell_rx: LocalReceiver<()>,
+    /// The commit journal (`None` under `--fsync never`).
+    journal: RefCell<Option<Journal>>,
+    /// Batches applied but not yet answered.
+    commit: RefCell<CommitState>,
+    checkpoint_tx: LocalSender<()>,
+    checkpoint_rx: LocalReceiver<()>,
     stopping: Cell<bool>,
     /// Checkout drivers and order effect runners of this core.
     pub sagas: Sagas,
@@ -129,6 +139,7 @@ impl Core {
         map: SharedMap,
         config: Arc<ServerConfig>,
         peers: Vec<flume::Sender<Forwarded>>,
+        journal: Option<Journal>,
     ) -> Rc<Self> {
         let slots = shards
             .into_iter()
@@ -147,6 +158,7 @@ impl Core {
             })
             .collect();
         let (doorbell_tx, doorbell_rx) = local_channel::new_bounded(1);
+        let (checkpoint_tx, checkpoint_rx) = local_channel::new_bounded(1);
         let sagas = Sagas::new(config.checkout.clone());
         Rc::new_cyclic(|me| Core {
             id,
@@ -157,6 +169,10 @@ impl Core {
             ready: RefCell::new(VecDeque::new()),
             doorbell_tx,
             doorbell_rx,
+            journal: RefCell::new(journal),
+            commit: RefCell::new(CommitState::default()),
+            checkpoint_tx,
+            checkpoint_rx,
             stopping: Cell::new(false),
             sagas,
             me: me.clone(),
@@ -259,210 +275,31 @@ impl Core {
         }
     }
 
-    /// The committer: group commit, forever (until the node stops and the queues are empty).
-    pub async fn run_committer(self: Rc<Self>) {
-        loop {
-            // Admin jobs (snapshots, shard moves) run here, at a batch boundary.
-            self.run_admin_jobs();
-            if self.ready.borrow().is_empty() {
-                if self.stopping.get() {
+    /// Sends one answer: a started checkout answers when its saga ends, an
+    /// order action once its side effects are done; everything else at once.
+    fn deliver(&self, reply: Option<oneshot::Sender<OpResult>>, r: OpResult) {
+        if let (Some(me), Ok(Reply::Outcome(Outcome::Commerce(o)))) = (self.me.upgrade(), &r) {
+            match &**o {
+                CommerceOutcome::CheckoutStarted { checkout_id } => {
+                    saga::attach_checkout(&me, *checkout_id, reply);
                     return;
                 }
-                if self.doorbell_rx.recv().await.is_none() {
+                CommerceOutcome::Order { order, return_id }
+                    if order
+                        .fulfilment
+                        .as_ref()
+                        .is_some_and(|f| f.has_pending_effects()) =>
+                {
+                    saga::attach_effects(&me, order.id, *return_id, reply);
                     return;
                 }
-                continue;
-            }
-            self.commit_round().await;
-            // Let connections read and write between rounds.
-            glommio::yield_if_needed().await;
-        }
-    }
-
-    /// One group commit over every shard with work: apply and append each
-    /// shard's batch, make every touched shard durable (the barriers run in
-    /// parallel on the blocking pool while this core keeps reading
-    /// connections), then answer.
-    pub async fn commit_round(&self) {
-        let started = Instant::now();
-        let mut answers = self.apply_round();
-        if self.config.fsync == FsyncMode::Always {
-            self.barriers(&mut answers).await;
-        }
-        let mut slots = self.slots.borrow_mut();
-        for (id, _) in &answers {
-            if let Some(slot) = slots.get_mut(id)
-                && !slot.shard.is_poisoned()
-                && let Err(e) = slot.shard.maybe_snapshot()
-            {
-                tracing::warn!(shard = *id, error = %e, "snapshot failed; will retry later");
+                _ => {}
             }
         }
-        drop(slots);
-        let me = self.me.upgrade();
-        for (id, _) in &answers {
-            metrics::global().record_commit(self.id, *id, started.elapsed());
+        if let Some(tx) = reply {
+            // The connection may be gone; its answer is then dropped.
+            let _ = tx.send(r);
         }
-        for (_, done) in answers {
-            for (reply, r) in done {
-                // A checkout answers when its saga ends; an order action once
-                // its side effects are done.
-                if let (Some(me), Ok(Reply::Outcome(Outcome::Commerce(o)))) = (&me, &r) {
-                    match &**o {
-                        CommerceOutcome::CheckoutStarted { checkout_id } => {
-                            saga::attach_checkout(me, *checkout_id, reply);
-                            continue;
-                        }
-                        CommerceOutcome::Order { order, return_id }
-                            if order
-                                .fulfilment
-                                .as_ref()
-                                .is_some_and(|f| f.has_pending_effects()) =>
-                        {
-                            saga::attach_effects(me, order.id, *return_id, reply);
-                            continue;
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(tx) = reply {
-                    // The connection may be gone; its answer is then dropped.
-                    let _ = tx.send(r);
-                }
-            }
-        }
-    }
-
-    /// Applies up to `COMMIT_BATCH_MAX` queued requests of every ready shard
-    /// and appends each shard's records as one log batch (not yet durable).
-    fn apply_round(&self) -> Vec<(ShardId, Vec<Answer>)> {
-        let round: Vec<ShardId> = self.ready.borrow_mut().drain(..).collect();
-        let now = now_ms();
-        let mut answers = Vec::with_capacity(round.len());
-        let mut slots = self.slots.borrow_mut();
-        for id in round {
-            let Some(slot) = slots.get_mut(&id) else {
-                continue;
-            };
-            let take = slot.queue.len().min(COMMIT_BATCH_MAX);
-            let batch: Vec<Pending> = slot.queue.drain(..take).collect();
-            let mut done = Vec::with_capacity(batch.len());
-            let started = Instant::now();
-            let m = metrics::global();
-            for Pending { op, scope, reply } in batch {
-                if is_checkout_begin(&op) && !self.sagas.admits_checkout() {
-                    done.push((
-                        reply,
-                        Err(WireError::Overloaded {
-                            retry_after_ms: RETRY_AFTER_MS,
-                        }),
-                    ));
-                    continue;
-                }
-                if matches!(&op, Op::Mutate(r) if matches!(r.command, Command::Tick { .. })) {
-                    slot.tick_queued = false;
-                }
-                slot.hot.observe(&op);
-                let label = metrics::op_label(&op);
-                let watched = watched_command(&op);
-                let before = slot.shard.staged_lsn();
-                let result = execute(self.id, slot, op, &scope, now);
-                m.record_op(id, label, &result);
-                if let (Some(command), Ok(Reply::Outcome(outcome))) = (&watched, &result) {
-                    let seq = slot.shard.staged_lsn();
-                    if seq > before {
-                        let state = slot.shard.state();
-                        slot.events.record(state, seq, now, command, outcome);
-                    }
-                }
-                done.push((reply, result));
-            }
-            if let Err(e) = slot.shard.append_staged() {
-                tracing::error!(shard = id, error = %e, "log append failed; shard poisoned");
-                fail_mutations(&mut done, id, &e.to_string());
-            }
-            m.record_apply(self.id, id, done.len(), started.elapsed());
-            slot.in_ready = !slot.queue.is_empty();
-            if slot.in_ready {
-                self.ready.borrow_mut().push_back(id);
-            }
-            answers.push((id, done));
-        }
-        answers
-    }
-
-    /// Durability barriers of every shard touched by the round, in parallel;
-    /// a shard whose barrier failed answers `Unavailable` for the whole round.
-    async fn barriers(&self, answers: &mut [(ShardId, Vec<Answer>)]) {
-        let ids: Vec<ShardId> = answers.iter().map(|(id, _)| *id).collect();
-        for (failed, reason) in self.run_barriers(ids).await {
-            if let Some((_, done)) = answers.iter_mut().find(|(id, _)| *id == failed) {
-                fail_mutations(done, failed, &reason);
-            }
-        }
-    }
-
-    /// Runs the barriers of `ids` on the blocking pool (each an `fdatasync`,
-    /// all in flight at once) while this core keeps serving; returns the
-    /// shards whose barrier failed (they are poisoned).
-    async fn run_barriers(&self, ids: Vec<ShardId>) -> Vec<(ShardId, String)> {
-        let mut failed = Vec::new();
-        let mut jobs = Vec::new();
-        {
-            let mut slots = self.slots.borrow_mut();
-            for id in ids {
-                let Some(slot) = slots.get_mut(&id) else {
-                    continue;
-                };
-                if slot.shard.is_poisoned() {
-                    continue;
-                }
-                match slot.shard.begin_sync() {
-                    Ok(Some(pending)) => jobs.push((id, pending)),
-                    Ok(None) => {}
-                    Err(e) => failed.push((id, e.to_string())),
-                }
-            }
-        }
-        let tasks: Vec<_> = jobs
-            .into_iter()
-            .map(|(id, pending)| {
-                glommio::spawn_local(async move {
-                    let (pending, result) = glommio::executor()
-                        .spawn_blocking(move || {
-                            let r = pending.run();
-                            (pending, r)
-                        })
-                        .await;
-                    (id, pending, result)
-                })
-            })
-            .collect();
-        for task in tasks {
-            let (id, pending, result) = task.await;
-            let mut slots = self.slots.borrow_mut();
-            let Some(slot) = slots.get_mut(&id) else {
-                continue;
-            };
-            if let Err(e) = slot.shard.finish_sync(pending, result) {
-                tracing::error!(shard = id, error = %e, "durability barrier failed; shard poisoned");
-                failed.push((id, e.to_string()));
-            }
-        }
-        failed
-    }
-
-    /// Makes every shard durable, with the barriers in parallel (the
-    /// interval mode's timer, and shutdown; appends may continue meanwhile).
-    pub async fn sync_dirty(&self) {
-        let ids: Vec<ShardId> = self
-            .slots
-            .borrow()
-            .iter()
-            .filter(|(_, s)| s.shard.last_lsn() != s.shard.durable_lsn())
-            .map(|(id, _)| *id)
-            .collect();
-        self.run_barriers(ids).await;
     }
 
     /// Queues the housekeeping `Tick` of every shard that has something due.
@@ -502,6 +339,7 @@ impl Core {
     pub fn stop(&self) {
         self.stopping.set(true);
         let _ = self.doorbell_tx.try_send(());
+        self.ring_checkpointer();
     }
 
     /// Shards of this core that a log failure poisoned.

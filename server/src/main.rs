@@ -81,6 +81,14 @@ struct Args {
     /// two segments per shard, 256 shards).
     #[arg(long, default_value_t = 2048)]
     segment_kib: u64,
+    /// Commit journal segment size per core, in KiB (each core preallocates
+    /// --journal-segments of them; see docs/operations.md).
+    #[arg(long, default_value_t = reserva_engine::journal::limits::SEGMENT_BYTES_DEFAULT / 1024)]
+    journal_segment_kib: u64,
+    /// Commit journal segments per core (a ring; a segment is reused once
+    /// every shard with records in it has checkpointed its own log).
+    #[arg(long, default_value_t = reserva_engine::journal::limits::SEGMENTS_DEFAULT)]
+    journal_segments: usize,
     /// Snapshot a shard after this many log records (0 = never).
     #[arg(long, default_value_t = 1_000_000)]
     snapshot_every: u64,
@@ -201,6 +209,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         fsync: args.fsync,
         auth,
         segment_bytes: args.segment_kib.saturating_mul(1024),
+        journal: reserva_engine::journal::JournalConfig {
+            segment_bytes: args.journal_segment_kib.saturating_mul(1024),
+            segments: args.journal_segments,
+        },
         snapshot_every_records: args.snapshot_every,
         io_memory_bytes: (args.io_memory_kib as usize).saturating_mul(1024),
         pin: !args.no_pin,

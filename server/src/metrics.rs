@@ -215,6 +215,35 @@ struct CoreMetrics {
     batch_size: Histogram<11>,
     apply_us: Histogram<16>,
     commit_us: Histogram<16>,
+    journal: JournalCounters,
+}
+
+/// One core's commit journal counters.
+#[derive(Default)]
+struct JournalCounters {
+    frames: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    barriers: AtomicU64,
+    full: AtomicU64,
+    checkpoints: AtomicU64,
+}
+
+/// A core's journal counters as the admin API reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalTotals {
+    /// Frames written.
+    pub frames: u64,
+    /// Records in them.
+    pub records: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Barriers completed.
+    pub barriers: u64,
+    /// Times a frame waited because every segment awaited a checkpoint.
+    pub full: u64,
+    /// Segments freed by the checkpointer.
+    pub checkpoints: u64,
 }
 
 /// The process-wide metrics. See the module docs.
@@ -275,6 +304,7 @@ pub fn global() -> &'static Metrics {
                 batch_size: Histogram::new(),
                 apply_us: Histogram::new(),
                 commit_us: Histogram::new(),
+                journal: JournalCounters::default(),
             })
             .collect(),
     })
@@ -403,6 +433,49 @@ impl Metrics {
     }
 
     /// One shard's group commit, from its start to its answers' release.
+    /// A journal frame was written (`barrier`: and made durable).
+    pub fn journal_write(&self, core: u16, bytes: u64, records: u64, barrier: bool) {
+        if let Some(c) = self.per_core.get(usize::from(core)) {
+            let j = &c.journal;
+            j.frames.fetch_add(1, Relaxed);
+            j.records.fetch_add(records, Relaxed);
+            j.bytes.fetch_add(bytes, Relaxed);
+            if barrier {
+                j.barriers.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// A frame found no free journal segment and waits for a checkpoint.
+    pub fn journal_full(&self, core: u16) {
+        if let Some(c) = self.per_core.get(usize::from(core)) {
+            c.journal.full.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The checkpointer freed a journal segment.
+    pub fn checkpoint_done(&self, core: u16) {
+        if let Some(c) = self.per_core.get(usize::from(core)) {
+            c.journal.checkpoints.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The journal counters of `core`.
+    pub fn journal_totals(&self, core: u16) -> JournalTotals {
+        let Some(c) = self.per_core.get(usize::from(core)) else {
+            return JournalTotals::default();
+        };
+        let j = &c.journal;
+        JournalTotals {
+            frames: j.frames.load(Relaxed),
+            records: j.records.load(Relaxed),
+            bytes: j.bytes.load(Relaxed),
+            barriers: j.barriers.load(Relaxed),
+            full: j.full.load(Relaxed),
+            checkpoints: j.checkpoints.load(Relaxed),
+        }
+    }
+
     pub fn record_commit(&self, core: u16, shard: ShardId, took: Duration) {
         let us = took.as_micros() as u64;
         if let Some(c) = self.per_core.get(usize::from(core)) {
@@ -696,6 +769,7 @@ pub fn render() -> String {
     );
     shard_series(&mut out, m);
     core_histograms(&mut out, m, cores);
+    journal_counters(&mut out, m, cores);
     out
 }
 
@@ -755,6 +829,52 @@ fn shard_series(out: &mut String, m: &Metrics) {
                 "{name}{{shard=\"{shard}\",core=\"{}\"}} {}",
                 s.core,
                 get(s)
+            );
+        }
+    }
+}
+
+fn journal_counters(out: &mut String, m: &Metrics, cores: usize) {
+    type Field = fn(&JournalCounters) -> &AtomicU64;
+    let rows: [(&str, &str, Field); 6] = [
+        (
+            "reserva_journal_frames_total",
+            "Commit journal frames written (one per commit round).",
+            |j| &j.frames,
+        ),
+        (
+            "reserva_journal_records_total",
+            "Records written to the commit journal.",
+            |j| &j.records,
+        ),
+        (
+            "reserva_journal_bytes_total",
+            "Bytes written to the commit journal.",
+            |j| &j.bytes,
+        ),
+        (
+            "reserva_journal_barriers_total",
+            "Commit journal durability barriers (fdatasync) completed.",
+            |j| &j.barriers,
+        ),
+        (
+            "reserva_journal_full_total",
+            "Times a round waited because every journal segment awaited a checkpoint.",
+            |j| &j.full,
+        ),
+        (
+            "reserva_journal_checkpoints_total",
+            "Journal segments freed by the checkpointer (every shard in them durable in its own log).",
+            |j| &j.checkpoints,
+        ),
+    ];
+    for (name, help, field) in rows {
+        header(out, name, "counter", help);
+        for (core, c) in m.per_core.iter().take(cores).enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{core=\"{core}\"}} {}",
+                field(&c.journal).load(Relaxed)
             );
         }
     }

@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use reserva_engine::ids::ShardId;
+use reserva_engine::journal::Journal;
 use reserva_engine::limits::SHARD_COUNT;
 use reserva_engine::log::LogConfig;
 use reserva_engine::shard::{Shard, ShardConfig};
@@ -46,6 +47,39 @@ pub fn shard_config(config: &ServerConfig) -> ShardConfig {
         },
         snapshot_every_records: config.snapshot_every_records,
     }
+}
+
+/// The directory holding every core's commit journal.
+pub fn journal_root(data: &std::path::Path) -> PathBuf {
+    data.join(reserva_engine::journal::JOURNAL_DIR_NAME)
+}
+
+/// Merges every core's commit journal (of any earlier core count and shard
+/// placement) into the shards' own logs before any core opens a shard.
+fn recover_journals(config: &ServerConfig) -> anyhow::Result<()> {
+    config
+        .journal
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data = config.data_dir.clone();
+    let report = reserva_engine::journal::recover(
+        &journal_root(&data),
+        &|s| shard_dir(&data, s),
+        &shard_config(config).log,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot recover the commit journal: {e}"))?;
+    if report.journals > 0 {
+        tracing::info!(
+            journals = report.journals,
+            frames = report.frames,
+            records = report.entries,
+            appended = report.applied,
+            shards = report.shards.len(),
+            torn_tails = report.torn.len(),
+            "commit journals recovered into the shard logs"
+        );
+    }
+    Ok(())
 }
 
 /// Binds `addr` with SO_REUSEPORT (and without listening) to hold the port,
@@ -132,6 +166,7 @@ pub fn run_with(config: ServerConfig, on_ready: Option<ReadyHook>) -> anyhow::Re
 
     let config = Arc::new(ServerConfig { listen, ..config });
     let started = Instant::now();
+    recover_journals(&config)?;
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::bounded::<Forwarded>(FORWARD_QUEUE_MAX))
         .unzip();
@@ -290,8 +325,23 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
             return Err(e);
         }
     };
-    let core = Core::new(core_id, shards, ctx.map, ctx.config.clone(), ctx.peers);
+    let journal = match open_journal(&ctx) {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = ctx.ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let core = Core::new(
+        core_id,
+        shards,
+        ctx.map,
+        ctx.config.clone(),
+        ctx.peers,
+        journal,
+    );
     let committer = glommio::spawn_local(core.clone().run_committer());
+    glommio::spawn_local(core.clone().run_checkpointer()).detach();
     glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();
     glommio::spawn_local(core.clone().run_control(ctx.control, ctx.control_peers)).detach();
     let connections = Rc::new(std::cell::Cell::new(0usize));
@@ -330,7 +380,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         if let FsyncMode::Interval(every) = ctx.config.fsync
             && last_sync.elapsed() >= every
         {
-            core.sync_dirty().await;
+            core.sync_journal().await;
             last_sync = Instant::now();
         }
     }
@@ -350,6 +400,24 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
     // Give answer tasks a moment to write what was committed.
     glommio::timer::sleep(Duration::from_millis(50)).await;
     Ok(())
+}
+
+/// The core's commit journal, fresh (what an earlier run left was recovered
+/// by `recover_journals`); none under `--fsync never`.
+fn open_journal(ctx: &CoreContext) -> Result<Option<Journal>, String> {
+    if ctx.config.fsync == FsyncMode::Never {
+        return Ok(None);
+    }
+    let dir = reserva_engine::journal::core_dir(&journal_root(&ctx.config.data_dir), ctx.core);
+    Journal::create(&dir, ctx.core, ctx.config.journal.clone())
+        .map(Some)
+        .map_err(|e| {
+            format!(
+                "core {}: cannot create the commit journal in {}: {e}",
+                ctx.core,
+                dir.display()
+            )
+        })
 }
 
 fn open_shards(ctx: &CoreContext) -> Result<Vec<Shard>, String> {

@@ -96,6 +96,15 @@ impl Server {
         if !self.args.iter().any(|a| a == "--segment-kib") {
             cmd.args(["--segment-kib", "256"]);
         }
+        // The smallest commit journal (two 8 MiB segments per core): quick to
+        // create at every start, and small enough that tests under load
+        // exercise rollover, checkpoints and segment reuse.
+        if !self.args.iter().any(|a| a == "--journal-segment-kib") {
+            cmd.args(["--journal-segment-kib", "8192"]);
+        }
+        if !self.args.iter().any(|a| a == "--journal-segments") {
+            cmd.args(["--journal-segments", "2"]);
+        }
         if !self.args.iter().any(|a| a == "--admin") {
             cmd.args(["--admin", "127.0.0.1:0"]);
         }

@@ -204,7 +204,9 @@ pub(crate) fn decode_frame(b: &[u8]) -> Result<FrameHeader, NotValid> {
         durable_seq: u64_at(h, 40),
     };
     if f.durable_seq >= f.seq {
-        return Err(NotValid::Damaged("frame claims to be durable before it was written"));
+        return Err(NotValid::Damaged(
+            "frame claims to be durable before it was written",
+        ));
     }
     if !(f.payload_bytes as usize).is_multiple_of(ALIGN) {
         return Err(NotValid::Damaged("frame payload length not aligned"));
@@ -295,7 +297,14 @@ mod tests {
         for (s, k, l, p) in entries_ {
             push_entry(&mut buf, *s, *k, *l, p);
         }
-        seal_frame(&mut buf, seq, generation, entries_.len() as u32, prev, seq - 1);
+        seal_frame(
+            &mut buf,
+            seq,
+            generation,
+            entries_.len() as u32,
+            prev,
+            seq - 1,
+        );
         buf
     }
 

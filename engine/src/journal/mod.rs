@@ -206,6 +206,10 @@ impl FrameBuilder {
 
     /// Adds one record. LSNs of one shard must grow within and across frames.
     pub fn push(&mut self, shard: u16, lsn: Lsn, kind: u16, payload: &[u8]) {
+        if self.buf.is_empty() {
+            // The buffer went to a write job; start a new frame in place.
+            self.buf.resize(FRAME_HEADER_BYTES, 0);
+        }
         debug_assert!(self.pins.get(&shard).is_none_or(|&l| l < lsn));
         push_entry(&mut self.buf, shard, kind, lsn, payload);
         self.entries += 1;
@@ -224,12 +228,12 @@ impl FrameBuilder {
 
     /// Bytes the frame will occupy, header included.
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        self.buf.len().max(FRAME_HEADER_BYTES)
     }
 
     /// Whether the frame reached `limits::FRAME_BYTES_SOFT_MAX`.
     pub fn is_full(&self) -> bool {
-        self.buf.len() >= limits::FRAME_BYTES_SOFT_MAX
+        self.bytes() >= limits::FRAME_BYTES_SOFT_MAX
     }
 }
 
@@ -361,7 +365,10 @@ impl Journal {
         assert!(!self.in_flight, "one journal write in flight at a time");
         assert!(!frame.is_empty(), "an empty frame is never written");
         let span = frame.bytes();
-        assert!(span <= limits::FRAME_BYTES_MAX, "frame within FRAME_BYTES_MAX");
+        assert!(
+            span <= limits::FRAME_BYTES_MAX,
+            "frame within FRAME_BYTES_MAX"
+        );
         let seg_bytes = self.config.segment_bytes as usize;
         let mut header = None;
         let mut sync_before = None;
@@ -473,7 +480,11 @@ impl Journal {
     }
 
     /// Takes the result of a [`SyncJob`]; a failure poisons the journal.
-    pub fn finish_sync(&mut self, job: SyncJob, result: io::Result<()>) -> Result<(), JournalError> {
+    pub fn finish_sync(
+        &mut self,
+        job: SyncJob,
+        result: io::Result<()>,
+    ) -> Result<(), JournalError> {
         match result {
             Ok(()) => {
                 self.stats.barriers += 1;
@@ -586,7 +597,9 @@ impl WriteJob {
     /// `pwrite`s the frame, then (if asked) `fdatasync`. Blocks.
     pub fn run(&self) -> io::Result<()> {
         if self.fail {
-            return Err(io::Error::other("injected journal write failure (test hook)"));
+            return Err(io::Error::other(
+                "injected journal write failure (test hook)",
+            ));
         }
         if let Some(old) = &self.sync_before {
             old.sync_data()?;

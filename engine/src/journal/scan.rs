@@ -65,7 +65,10 @@ pub struct DirScan {
 
 /// `seg-NNNN.jrnl` -> NNNN.
 pub(crate) fn segment_index(name: &str) -> Option<usize> {
-    name.strip_prefix("seg-")?.strip_suffix(".jrnl")?.parse().ok()
+    name.strip_prefix("seg-")?
+        .strip_suffix(".jrnl")?
+        .parse()
+        .ok()
 }
 
 struct Candidate {
@@ -225,7 +228,10 @@ fn check_sequence(
         ));
     }
     if f.seq != expected {
-        return Err(format!("frame {} where frame {expected} was expected", f.seq));
+        return Err(format!(
+            "frame {} where frame {expected} was expected",
+            f.seq
+        ));
     }
     if let Some((_, crc)) = prev
         && f.prev_crc != crc

@@ -168,7 +168,10 @@ fn recovery_appends_what_the_shard_logs_lack_then_clears_the_journals() {
     while let Some(r) = reader.next().unwrap() {
         payloads.push(r.payload.to_vec());
     }
-    assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    assert_eq!(
+        payloads,
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
     drop(log);
     assert!(std::fs::read_dir(&root).unwrap().next().is_none());
     // Again: nothing left to do.

@@ -112,6 +112,13 @@ pub(super) struct CoreAdmin {
     peers: RefCell<Vec<flume::Sender<Control>>>,
 }
 
+impl CoreAdmin {
+    /// Whether admin jobs wait for the committer.
+    pub(super) fn has_jobs(&self) -> bool {
+        !self.jobs.borrow().is_empty()
+    }
+}
+
 /// Counts requests per SKU in a fixed number of slots ("space saving"): the
 /// heaviest hitters stay, a newcomer takes the place of the lightest. Counts
 /// halve at every latency window, so the list follows what is hot now.
@@ -218,6 +225,9 @@ impl Core {
     }
 
     /// Runs the queued admin jobs (called by the committer between rounds).
+    ///
+    /// The committer calls this only when no batch is applied but
+    /// unanswered, so a shard handed over has all of its records in its log.
     pub(super) fn run_admin_jobs(self: &Rc<Self>) {
         loop {
             let job = self.admin.jobs.borrow_mut().pop_front();
