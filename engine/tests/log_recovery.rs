@@ -4,7 +4,7 @@
 #[path = "log_helpers.rs"]
 mod helpers;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use helpers::{Rng, *};
 use proptest::prelude::*;
@@ -287,4 +287,182 @@ fn log_failed_sync_poisons_and_reopen_keeps_synced_batches() {
     let (log, recovery) = open(dir.path());
     assert!(recovery.last_lsn >= 2);
     assert_eq!(read_all(&log, 1)[..2], synced[..]);
+}
+
+/// Writes `synced` synced batches, then unsynced batches until the log has
+/// rolled over at least `rollovers` times since the last barrier. Returns
+/// the open log, the records, the durable LSN, every batch's last LSN (and
+/// 0), and the segment that was active at the last barrier.
+fn unsynced_rollovers(
+    dir: &Path,
+    seed: u64,
+    synced: usize,
+    rollovers: usize,
+) -> (Log, Vec<Rec>, Lsn, Vec<Lsn>, PathBuf) {
+    let mut rng = Rng::new(seed);
+    let (mut log, _) = open(dir);
+    let mut recs = Vec::new();
+    let mut batch_ends = vec![0];
+    for _ in 0..synced {
+        recs.extend(append(&mut log, &random_lens(&mut rng, 3000)));
+        log.sync().unwrap();
+        batch_ends.push(log.last_lsn());
+    }
+    let durable = log.durable_lsn();
+    let (at_barrier, _) = log.position();
+    let before = segments(dir).len();
+    while segments(dir).len() < before + rollovers {
+        recs.extend(append(&mut log, &random_lens(&mut rng, 6000)));
+        batch_ends.push(log.last_lsn());
+    }
+    assert_eq!(log.durable_lsn(), durable);
+    (log, recs, durable, batch_ends, at_barrier)
+}
+
+/// The records after `durable` placed in `segment`.
+fn unsynced_in(dir: &Path, durable: Lsn, segment: &Path) -> Vec<Placed> {
+    placed_after(dir, durable)
+        .into_iter()
+        .filter(|p| p.segment == segment)
+        .collect()
+}
+
+/// Damage a power loss can do to a segment sealed without a sync, and to the
+/// segments after it, whose names and contents were not synced either.
+#[test]
+fn log_power_loss_in_an_unsynced_sealed_segment_is_a_torn_tail() {
+    for seed in 0..60 {
+        let dir = fast_tempdir();
+        let (log, recs, durable, batch_ends, sealed) = unsynced_rollovers(
+            dir.path(),
+            seed,
+            1 + seed as usize % 7,
+            2 + seed as usize % 3,
+        );
+        drop(log);
+        let mut rng = Rng::new(seed + 5000);
+        // A record written after the last barrier into the segment that was
+        // active then, sealed since: lose or garble part of it.
+        let in_sealed = unsynced_in(dir.path(), durable, &sealed);
+        assert!(!in_sealed.is_empty(), "seed {seed}");
+        let victim = &in_sealed[rng.range(0, in_sealed.len() as u64) as usize];
+        let offset = victim.offset + rng.range(0, victim.span);
+        match rng.range(0, 3) {
+            0 => zero_from(&victim.segment, offset),
+            1 => flip_bit(&victim.segment, offset, rng.range(0, 8) as u8),
+            _ => {
+                zero_from(&victim.segment, offset);
+                flip_bit(&victim.segment, offset + rng.range(0, 200), 3);
+            }
+        }
+        // The later segments: kept as written, partly lost, garbled, or their
+        // names lost (the rename undone, back to a temporary name).
+        let later: Vec<PathBuf> = segments(dir.path())
+            .into_iter()
+            .filter(|s| *s > sealed)
+            .collect();
+        for (i, seg) in later.iter().enumerate() {
+            match rng.range(0, 4) {
+                0 => {}
+                1 => zero_from(seg, rng.range(0, SEGMENT_BYTES)),
+                2 => {
+                    let undone = dir.path().join(format!("seg-prepared-{}.tmp", 900 + i));
+                    std::fs::rename(seg, undone).unwrap();
+                }
+                _ => flip_bit(seg, rng.range(64, SEGMENT_BYTES), rng.range(0, 8) as u8),
+            }
+        }
+        let (log, recovery) = Log::open(dir.path(), 7, config())
+            .unwrap_or_else(|e| panic!("seed {seed}: a torn tail reported as {e}"));
+        let last = recovery.last_lsn;
+        assert!(
+            last >= durable,
+            "seed {seed}: lost durable records: {last} < {durable}"
+        );
+        assert!(
+            last < victim.lsn,
+            "seed {seed}: kept damaged lsn {}",
+            victim.lsn
+        );
+        assert!(
+            batch_ends.contains(&last),
+            "seed {seed}: kept a partial batch"
+        );
+        assert_eq!(
+            read_all(&log, 1),
+            recs[..last as usize].to_vec(),
+            "seed {seed}"
+        );
+        // Nothing after the cut survives, under any name.
+        assert!(
+            segments(dir.path()).iter().all(|s| *s <= sealed),
+            "seed {seed}"
+        );
+        for i in 0..later.len() {
+            let undone = dir.path().join(format!("seg-prepared-{}.tmp", 900 + i));
+            assert!(
+                !undone.exists(),
+                "seed {seed}: {} survived",
+                undone.display()
+            );
+        }
+        drop(log);
+        assert_recovers_to(dir.path(), &recs, last);
+    }
+}
+
+/// A barrier begun after rollovers makes the sealed segments durable with
+/// the active one: a record written after it vouches for all of them, so
+/// damage in a sealed segment is corruption.
+#[test]
+fn log_damage_in_a_sealed_segment_after_a_barrier_covering_the_next_is_corruption() {
+    for seed in 0..30 {
+        let dir = fast_tempdir();
+        let (mut log, _, durable, _, sealed) = unsynced_rollovers(dir.path(), seed, 2, 2);
+        log.sync().unwrap();
+        // Its records carry synced_lsn = everything above.
+        append(&mut log, &[100, 200]);
+        drop(log);
+        let in_sealed = unsynced_in(dir.path(), durable, &sealed);
+        let mut rng = Rng::new(seed + 6000);
+        let victim = &in_sealed[rng.range(0, in_sealed.len() as u64) as usize];
+        if rng.range(0, 2) == 0 {
+            let at = victim.offset + rng.range(0, victim.span);
+            flip_bit(&victim.segment, at, rng.range(0, 8) as u8);
+        } else {
+            // A lost write from inside the header on (its first 8 bytes stay,
+            // so it is not read as the segment's end).
+            zero_from(&victim.segment, victim.offset + 8 + rng.range(0, 24));
+        }
+        match Log::open(dir.path(), 7, config()) {
+            Err(LogError::Corrupt {
+                segment, offset, ..
+            }) => {
+                assert_eq!(segment, sealed, "seed {seed}: victim {victim:?}");
+                assert_eq!(offset, victim.offset, "seed {seed}");
+            }
+            Err(e) => panic!("seed {seed}: expected Corrupt, got {e}"),
+            Ok((_, r)) => panic!(
+                "seed {seed}: damage to durable lsn {} went unnoticed: {r:?}",
+                victim.lsn
+            ),
+        }
+    }
+}
+
+/// The limit of what the format can tell (docs/log-format.md, media
+/// assumptions): damage to records of the last barrier, when no record
+/// written after that barrier survived, looks exactly like a torn tail.
+#[test]
+fn log_damage_to_the_last_barrier_with_no_later_record_is_cut_as_a_torn_tail() {
+    let dir = fast_tempdir();
+    let (mut log, recs, durable, _, sealed) = unsynced_rollovers(dir.path(), 11, 3, 2);
+    assert_eq!(log.sync().unwrap(), recs.len() as Lsn);
+    drop(log);
+    let victim = unsynced_in(dir.path(), durable, &sealed)[0].clone();
+    flip_bit(&victim.segment, victim.offset + 9, 0);
+    let (log, recovery) = open(dir.path());
+    assert_eq!(recovery.last_lsn, durable);
+    assert!(recovery.tail_cut.is_some());
+    assert_eq!(read_all(&log, 1), recs[..durable as usize].to_vec());
 }

@@ -240,3 +240,45 @@ fn log_change_stream_reports_corruption_behind_the_writer() {
         "{err}"
     );
 }
+
+#[test]
+fn log_change_stream_waits_at_a_torn_sealed_segment_until_recovery_cuts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path());
+    let mut recs = append(&mut log, &[100]);
+    log.sync().unwrap();
+    // Rollovers with no barrier: the first segment is sealed, never synced.
+    while segments(dir.path()).len() < 3 {
+        recs.extend(append(&mut log, &[3000, 20]));
+    }
+    drop(log);
+    let first_segment = segments(dir.path())[0].clone();
+    let victim = placements(dir.path())
+        .into_iter()
+        .filter(|p| p.segment == first_segment && p.lsn > 1)
+        .nth(4)
+        .unwrap();
+    // A power loss took some of its unsynced bytes; the writer has not
+    // recovered yet, and later segments exist.
+    zero_from(&victim.segment, victim.offset + 40);
+    let mut reader = LogReader::open(dir.path(), 7, 1).unwrap();
+    let seen = drain(&mut reader);
+    // Batches are (3000, 20) pairs after the first: the victim's batch goes.
+    let kept = if victim.batch_end {
+        victim.lsn - 2
+    } else {
+        victim.lsn - 1
+    };
+    assert_eq!(seen, recs[..kept as usize].to_vec());
+    assert!(
+        reader.next().unwrap().is_none(),
+        "a torn tail, not corruption"
+    );
+    // Recovery cuts there; a reader then sees exactly what it kept.
+    let (log, recovery) = open(dir.path());
+    assert_eq!(recovery.last_lsn, kept);
+    assert_eq!(segments(dir.path()), vec![first_segment]);
+    drop(log);
+    let mut reader = LogReader::open(dir.path(), 7, 1).unwrap();
+    assert_eq!(drain(&mut reader), recs[..kept as usize].to_vec());
+}

@@ -304,10 +304,25 @@ pub(crate) fn snapshot_file_name(lsn: Lsn) -> String {
     format!("snap-{lsn:020}.snap")
 }
 
-/// Name under which the next segment is prepared before it is needed.
-pub(crate) const PREPARED_SEGMENT_NAME: &str = "seg-prepared.tmp";
-/// Name of a fully prepared (allocated, zero-filled, synced) next segment,
-/// kept across restarts so that opening a log does not prepare it again.
+/// Prefix of the temporary names under which segments are prepared before
+/// they are needed: `seg-prepared-{n}.tmp` (`seg-prepared.tmp` before
+/// reserva numbered them).
+const PREPARED_SEGMENT_PREFIX: &str = "seg-prepared";
+
+/// The temporary name of the `n`th segment prepared in this process.
+pub(crate) fn prepared_segment_temp_name(n: u64) -> String {
+    format!("{PREPARED_SEGMENT_PREFIX}-{n}{TEMP_SUFFIX}")
+}
+
+/// True for the temporary name of a prepared segment.
+pub(crate) fn is_prepared_segment_temp(name: &Path) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with(PREPARED_SEGMENT_PREFIX) && n.ends_with(TEMP_SUFFIX))
+}
+
+/// Name of an unused prepared (allocated, zero-filled, synced) segment left
+/// by a writer that closed, so that the next open does not prepare it again.
+/// Never written under this name.
 pub(crate) const READY_SEGMENT_NAME: &str = "seg-prepared.ready";
 /// Suffix of every temporary file; leftovers are deleted at open.
 pub(crate) const TEMP_SUFFIX: &str = ".tmp";

@@ -8,7 +8,15 @@
 //!   flagged `BATCH_END`. Nothing is durable yet.
 //! * [`Log::sync`] is the durability barrier: when it returns `Ok(lsn)`, every
 //!   record up to `lsn` is on stable storage (see its docs for the exact
-//!   guarantee). A failed sync poisons the log for good.
+//!   guarantee). [`Log::begin_sync`], [`PendingSync::run`] and
+//!   [`Log::finish_sync`] are the same barrier in three parts, so that the
+//!   blocking one runs on another thread. A failed sync poisons the log for
+//!   good.
+//! * A rollover to the next segment syncs nothing: the sealed segment is made
+//!   durable by the next barrier, before the active one, and the new
+//!   segment's name by that barrier's directory `fsync`. Recovery tells the
+//!   loss of a sealed segment's unsynced tail from corruption by
+//!   `synced_lsn`, as anywhere else.
 //! * [`Log::open`] recovers: it cuts a torn tail (records after the last
 //!   complete batch that never passed a barrier) and refuses to start on
 //!   corruption of data that had passed one.
@@ -35,7 +43,10 @@ use std::fs::File;
 use std::io;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use memmap2::MmapMut;
 use rkyv::util::AlignedVec;
 
 pub use error::LogError;
@@ -50,7 +61,7 @@ use limits::{
     SEGMENT_BYTES_MIN, SHARD_MAX, SNAPSHOT_PAYLOAD_BYTES_MAX, SNAPSHOTS_KEPT_DEFAULT,
     SNAPSHOTS_KEPT_MAX, SNAPSHOTS_KEPT_MIN, record_payload_bytes_max,
 };
-use segment::{PreparedSegment, WritableSegment};
+use segment::{PreparedSegment, WritableSegment, prepared_leftovers, prepared_temp_path};
 use snapshot::SnapshotFile;
 
 /// Log sequence number: 1, 2, 3, ... in append order; 0 means "none".
@@ -142,13 +153,25 @@ pub struct TailCut {
 struct Sealed {
     path: PathBuf,
     first_lsn: Lsn,
+    last_lsn: Lsn,
     bytes: u64,
+    /// Until a finished barrier covered its last record: the file, which
+    /// every barrier begun meanwhile `fdatasync`s.
+    unsynced: Option<Arc<File>>,
+    /// The writer's mapping of a segment sealed at rollover, handed to the
+    /// next barrier, which unmaps it off the writer's thread.
+    map: Option<MmapMut>,
 }
+
+/// Identifies a `Log` value, so that barriers are not handed to another log.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 /// The writer of one shard's log. See the module docs.
 #[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
+    /// The directory, open for the barrier's `fsync` of new segment names.
+    dir_file: Arc<File>,
     shard: u16,
     config: LogConfig,
     /// Holds the directory's single-writer `flock` while the log is open.
@@ -160,6 +183,11 @@ pub struct Log {
     sealed: Vec<Sealed>,
     /// The next segment, allocated and mapped ahead of time.
     prepared: Option<PreparedSegment>,
+    /// Segments installed (renamed to their names) since open, and how many
+    /// of those renames a finished barrier's directory `fsync` made durable.
+    installs: u64,
+    installs_durable: u64,
+    instance: u64,
     /// Snapshot files, oldest first.
     snapshots: Vec<SnapshotFile>,
     last_lsn: Lsn,
@@ -184,7 +212,8 @@ impl Log {
         std::fs::create_dir_all(dir).map_err(|e| LogError::io("mkdir", dir, e))?;
         let lock = dir::lock(dir)?;
         let listing = dir::list(dir)?;
-        for temp in &listing.temps {
+        let leftovers = prepared_leftovers(&listing.temps);
+        for temp in listing.temps.iter().filter(|t| !leftovers.contains(t)) {
             dir::remove(temp)?;
         }
         let mut snapshots = snapshot_files(&listing.snapshots)?;
@@ -195,14 +224,26 @@ impl Log {
             tracing::warn!(shard, ?cut, "log: cut a torn tail (unsynced records lost)");
         }
         let tail_cut = recovered.tail_cut.clone();
-        let mut log = Log::resume(dir, shard, config, lock, recovered, snapshots)?;
+        let left_ready = !leftovers.is_empty() || dir.join(READY_SEGMENT_NAME).exists();
+        let mut spare = PreparedSegment::adopt(
+            dir,
+            &leftovers,
+            config.segment_bytes,
+            &prepared_temp_path(dir),
+        )?;
+        let mut log = Log::resume(dir, shard, config, lock, recovered, snapshots, &mut spare)?;
         log.prune()?;
-        if dir.join(READY_SEGMENT_NAME).exists() {
+        if spare.is_some() {
             // Free: an earlier run left it ready.
+            log.prepared = spare;
+        } else if left_ready {
             log.prepare_now();
         } else {
             log.prepare_ahead();
         }
+        // Makes every change above durable: deletions, the cut, the names of
+        // recovered segments (a crashed writer may not have synced them) and
+        // of the adopted spare, before anything is written into it.
         dir::sync(dir)?;
         let recovery = Recovery {
             snapshot,
@@ -214,7 +255,7 @@ impl Log {
     }
 
     /// Builds the writer on what recovery kept, creating the first segment if
-    /// none was kept.
+    /// none was kept (from `spare` if there is one).
     fn resume(
         dir: &Path,
         shard: u16,
@@ -222,33 +263,55 @@ impl Log {
         lock: File,
         recovered: recovery::Recovered,
         snapshots: Vec<SnapshotFile>,
+        spare: &mut Option<PreparedSegment>,
     ) -> Result<Log, LogError> {
         let mut segments = recovered.segments;
         let active = match segments.pop() {
             Some((path, header)) => WritableSegment::open(&path, &header)?,
-            None => PreparedSegment::create(dir, config.segment_bytes)?.install_first(
-                dir,
-                shard,
-                recovered.last_lsn + 1,
-            )?,
+            None => {
+                let first = match spare.take() {
+                    Some(p) => p,
+                    None => {
+                        PreparedSegment::create(&prepared_temp_path(dir), config.segment_bytes)?
+                    }
+                };
+                first.install_first(dir, shard, recovered.last_lsn + 1)?
+            }
         };
         // Records recovered from the page cache after a process crash may not
         // have reached the disk yet; they count as durable only after this.
+        // That holds for the active segment and for every sealed one with
+        // records newer than what a record's `synced_lsn` (or the snapshot)
+        // proves durable: the writer seals segments without syncing them.
+        let mut sealed = Vec::with_capacity(segments.len());
+        for (i, (path, h)) in segments.iter().enumerate() {
+            let next_first = segments
+                .get(i + 1)
+                .map_or(active.first_lsn, |(_, n)| n.first_lsn);
+            let last_lsn = next_first - 1;
+            if last_lsn > recovered.proven_lsn {
+                File::open(path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| LogError::io("fdatasync", path, e))?;
+            }
+            sealed.push(Sealed {
+                path: path.clone(),
+                first_lsn: h.first_lsn,
+                last_lsn,
+                bytes: h.segment_bytes,
+                unsynced: None,
+                map: None,
+            });
+        }
         let path = &active.path;
         active
             .file
             .sync_data()
             .map_err(|e| LogError::io("fdatasync", path, e))?;
-        let sealed = segments
-            .into_iter()
-            .map(|(path, h)| Sealed {
-                path,
-                first_lsn: h.first_lsn,
-                bytes: h.segment_bytes,
-            })
-            .collect();
+        let dir_file = File::open(dir).map_err(|e| LogError::io("open", dir, e))?;
         Ok(Log {
             dir: dir.into(),
+            dir_file: Arc::new(dir_file),
             shard,
             config,
             _lock: lock,
@@ -256,6 +319,9 @@ impl Log {
             write_offset: recovered.write_offset,
             sealed,
             prepared: None,
+            installs: 0,
+            installs_durable: 0,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             snapshots,
             last_lsn: recovered.last_lsn,
             durable_lsn: recovered.last_lsn,
@@ -317,10 +383,7 @@ impl Log {
     fn ensure_next_segment(&mut self, batch: &[(u16, &[u8])]) -> Result<(), LogError> {
         let needed: usize = batch.iter().map(|(_, p)| record_span(p.len())).sum();
         if self.write_offset + needed > self.active.bytes() && self.prepared.is_none() {
-            self.prepared = Some(PreparedSegment::create(
-                &self.dir,
-                self.config.segment_bytes,
-            )?);
+            self.prepared = Some(self.create_segment_now()?);
         }
         Ok(())
     }
@@ -341,7 +404,7 @@ impl Log {
         if self.prepared.is_some() {
             return;
         }
-        match PreparedSegment::create(&self.dir, self.config.segment_bytes) {
+        match self.create_segment_now() {
             Ok(p) => self.prepared = Some(p),
             Err(e) => {
                 tracing::warn!(shard = self.shard, error = %e, "log: preparing the next segment failed; will retry")
@@ -370,29 +433,35 @@ impl Log {
         Ok(())
     }
 
-    /// Moves writing to the next segment. The current one is synced first,
-    /// so a valid record in segment k+1 implies segment k is durable.
+    /// Prepares a segment on this thread, under a temporary name of its own
+    /// (so it never collides with a preparation running elsewhere).
+    fn create_segment_now(&self) -> Result<PreparedSegment, LogError> {
+        PreparedSegment::create(&prepared_temp_path(&self.dir), self.config.segment_bytes)
+    }
+
+    /// Moves writing to the next segment. Nothing is synced here: the
+    /// sealed segment joins the segments the next barrier makes durable
+    /// (before the new one), and the new name waits for that barrier's
+    /// directory `fsync`. Recovery needs no more: a record written into the
+    /// new segment before that barrier carries a `synced_lsn` below every
+    /// record the barrier would have made durable, so their loss is a torn
+    /// tail, not corruption.
     fn rollover(&mut self) -> Result<(), LogError> {
-        let result = if std::mem::take(&mut self.fail_next_sync) {
-            Err(io::Error::other("injected sync failure (test hook)"))
-        } else {
-            self.active.file.sync_data()
-        };
-        if let Err(source) = result {
-            self.poisoned = true;
-            tracing::error!(shard = self.shard, path = %self.active.path.display(), error = %source, "log: fdatasync failed; log poisoned");
-            return Err(LogError::io("fdatasync", &self.active.path, source));
-        }
         let prepared = match self.prepared.take() {
             Some(p) => p,
-            None => PreparedSegment::create(&self.dir, self.config.segment_bytes)?,
+            None => self.create_segment_now()?,
         };
         let next = prepared.install(&self.dir, self.shard, self.last_lsn + 1)?;
+        self.installs += 1;
         let old = std::mem::replace(&mut self.active, next);
+        let synced = self.durable_lsn >= self.last_lsn;
         self.sealed.push(Sealed {
             bytes: old.bytes() as u64,
             path: old.path,
             first_lsn: old.first_lsn,
+            last_lsn: self.last_lsn,
+            unsynced: (!synced).then_some(old.file),
+            map: Some(old.map),
         });
         self.write_offset = SEGMENT_HEADER_BYTES;
         Ok(())
@@ -402,9 +471,8 @@ impl Log {
     /// [`PendingSync::run`] on this thread, then [`Log::finish_sync`]. When it
     /// returns `Ok(lsn)`:
     ///
-    /// * every record with LSN <= `lsn` has been written to stable storage
-    ///   (`fdatasync` of the segment files that hold records not yet
-    ///   durable; see [`PendingSync::run`]);
+    /// * every record with LSN <= `lsn` has been written to stable storage,
+    ///   and so has everything needed to find it (see [`PendingSync::run`]);
     /// * so, given the media assumptions in `docs/log-format.md`, those
     ///   records survive a process crash and a power loss, and recovery
     ///   will return them (or refuse to open with `Corrupt`), never cut them.
@@ -431,41 +499,68 @@ impl Log {
     /// The first half of a barrier that runs off the writer's thread: the
     /// records appended so far (up to [`Log::last_lsn`]) become durable once
     /// [`PendingSync::run`] returns `Ok` and the result is handed to
-    /// [`Log::finish_sync`]. Appending may go on in between; those records
-    /// wait for a later barrier. `None` if nothing is waiting for a barrier.
+    /// [`Log::finish_sync`]. Appending (and rolling over) may go on in
+    /// between; those records wait for a later barrier. Several barriers may
+    /// be in flight; each covers what was appended before it began. `None`
+    /// if nothing is waiting for a barrier. Takes no system call.
     pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogError> {
         self.check_writable()?;
         if self.durable_lsn == self.last_lsn {
             return Ok(None);
         }
-        let file = self
-            .active
-            .file
-            .try_clone()
-            .map_err(|e| LogError::io("dup", &self.active.path, e))?;
+        let mut files = Vec::new();
+        let mut unmap = Vec::new();
+        for s in &mut self.sealed {
+            unmap.extend(s.map.take());
+            if let Some(file) = &s.unsynced {
+                files.push((Arc::clone(file), s.path.clone()));
+            }
+        }
+        files.push((Arc::clone(&self.active.file), self.active.path.clone()));
+        let dir = (self.installs > self.installs_durable)
+            .then(|| (Arc::clone(&self.dir_file), self.dir.clone()));
         Ok(Some(PendingSync {
-            file,
-            path: self.active.path.clone(),
+            files,
+            dir,
+            installs: self.installs,
+            unmap: Mutex::new(unmap),
             lsn: self.last_lsn,
+            instance: self.instance,
             fail: std::mem::take(&mut self.fail_next_sync),
+            failed: OnceLock::new(),
         }))
     }
 
-    /// The second half of [`Log::begin_sync`]. A failed sync poisons the log
-    /// (see [`Log::sync`]).
+    /// The second half of [`Log::begin_sync`]: on success, advances the
+    /// durable LSN to the barrier's and forgets the sealed segments it made
+    /// durable. A failed barrier poisons the log (see [`Log::sync`]).
     pub fn finish_sync(
         &mut self,
         pending: PendingSync,
         result: io::Result<()>,
     ) -> Result<Lsn, LogError> {
         self.check_writable()?;
+        debug_assert_eq!(pending.instance, self.instance, "a barrier of another log");
         if let Err(source) = result {
             self.poisoned = true;
-            tracing::error!(shard = self.shard, path = %pending.path.display(), error = %source, "log: fdatasync failed; log poisoned");
-            return Err(LogError::io("fdatasync", &pending.path, source));
+            let (op, path) = pending
+                .failed
+                .get()
+                .cloned()
+                .unwrap_or_else(|| ("fdatasync", self.active.path.clone()));
+            tracing::error!(shard = self.shard, path = %path.display(), error = %source, "log: {op} failed; log poisoned");
+            return Err(LogError::io(op, path, source));
         }
         debug_assert!(pending.lsn <= self.last_lsn);
         self.durable_lsn = self.durable_lsn.max(pending.lsn);
+        for s in &mut self.sealed {
+            if s.last_lsn <= pending.lsn {
+                s.unsynced = None;
+            }
+        }
+        if pending.dir.is_some() {
+            self.installs_durable = self.installs_durable.max(pending.installs);
+        }
         Ok(self.durable_lsn)
     }
 
@@ -596,13 +691,10 @@ impl Log {
         }
         self.snapshots.retain(|s| !doomed.contains(s));
         while let Some(first) = self.sealed.first() {
-            let next_first = self
-                .sealed
-                .get(1)
-                .map_or(self.active.first_lsn, |s| s.first_lsn);
-            if next_first - 1 > oldest_kept {
+            if first.last_lsn > oldest_kept {
                 break;
             }
+            debug_assert!(first.unsynced.is_none(), "a pruned segment was synced");
             dir::remove(&first.path)?;
             self.sealed.remove(0);
             changed = true;
@@ -634,19 +726,33 @@ impl Log {
         result
     }
 
-    /// Test hook: the next barrier (in `sync` or at rollover) fails as if
-    /// `fdatasync` had returned an error.
+    /// Test hook: the next barrier ([`Log::sync`] or [`Log::begin_sync`])
+    /// fails as if `fdatasync` had returned an error.
     #[cfg(any(test, feature = "testing"))]
     pub fn fail_next_sync(&mut self) {
         self.fail_next_sync = true;
     }
 }
 
-// The writer and readers move between threads with their shard.
+impl Drop for Log {
+    /// Leaves an unused prepared segment as `seg-prepared.ready`, so that the
+    /// next open (here or on another core) does not prepare one again.
+    fn drop(&mut self) {
+        if let Some(p) = self.prepared.take()
+            && let Err(e) = p.keep_ready(&self.dir)
+        {
+            tracing::warn!(shard = self.shard, error = %e, "log: could not keep the prepared segment");
+        }
+    }
+}
+
+// The writer and readers move between threads with their shard; barriers
+// run on other threads.
 const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<Log>();
     assert_send::<LogReader>();
+    assert_send::<PendingSync>();
 };
 
 /// The snapshot files of a listing, with their sizes.
@@ -667,20 +773,54 @@ fn snapshot_files(found: &[(Lsn, PathBuf)]) -> Result<Vec<SnapshotFile>, LogErro
 /// A barrier prepared by [`Log::begin_sync`], to run on any thread.
 #[derive(Debug)]
 pub struct PendingSync {
-    file: File,
-    path: PathBuf,
+    /// Segment files to `fdatasync`, oldest first; the active one last.
+    files: Vec<(Arc<File>, PathBuf)>,
+    /// The shard directory, if a segment was installed since the last
+    /// barrier that `fsync`ed it.
+    dir: Option<(Arc<File>, PathBuf)>,
+    /// The installs whose renames `dir`'s `fsync` makes durable.
+    installs: u64,
+    /// Mappings of sealed segments, unmapped by `run`.
+    unmap: Mutex<Vec<MmapMut>>,
     lsn: Lsn,
+    instance: u64,
     fail: bool,
+    /// The call and path that failed, for `finish_sync`'s error.
+    failed: OnceLock<(&'static str, PathBuf)>,
 }
 
 impl PendingSync {
-    /// Makes the active segment's data durable (`fdatasync`; on Linux it
-    /// writes back the pages dirtied through the mapping). Blocks.
+    /// Makes the records up to [`PendingSync::lsn`] durable. Blocks. In
+    /// order: `fdatasync` of every segment sealed since the last finished
+    /// barrier (oldest first), then of the active segment (on Linux this
+    /// writes back the pages dirtied through the mapping, header included),
+    /// then, if a segment was installed since the last barrier, `fsync` of
+    /// the shard directory, which makes the new segment names durable. Also
+    /// unmaps the writer's mappings of sealed segments, so that the writer's
+    /// thread does not pay for it.
     pub fn run(&self) -> io::Result<()> {
+        if let Ok(mut maps) = self.unmap.lock() {
+            drop(std::mem::take(&mut *maps));
+        }
         if self.fail {
+            if let Some((_, path)) = self.files.last() {
+                let _ = self.failed.set(("fdatasync", path.clone()));
+            }
             return Err(io::Error::other("injected sync failure (test hook)"));
         }
-        self.file.sync_data()
+        for (file, path) in &self.files {
+            if let Err(e) = file.sync_data() {
+                let _ = self.failed.set(("fdatasync", path.clone()));
+                return Err(e);
+            }
+        }
+        if let Some((dir, path)) = &self.dir
+            && let Err(e) = dir.sync_all()
+        {
+            let _ = self.failed.set(("fsync", path.clone()));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The LSN that is durable once this succeeds.

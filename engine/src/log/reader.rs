@@ -9,6 +9,7 @@ use super::error::LogError;
 use super::format::{
     Decoded, NotARecord, RECORD_ALIGN, SEGMENT_HEADER_BYTES, decode_record, segment_file_name,
 };
+use super::recovery::find_proof_in;
 use super::segment::{MappedSegment, header_hard_error};
 use super::{Lsn, dir};
 
@@ -214,28 +215,68 @@ impl LogReader {
                     continue;
                 }
             };
-            // Bytes being written right now look exactly like this too,
-            // unless the writer has already moved to a later segment.
-            self.corrupt_if_superseded(c, reason)?;
+            // Bytes being written right now look exactly like this too, and
+            // so does a torn tail that recovery has not cut yet.
+            self.corrupt_if_proven(c, reason)?;
             return self.missing(c, reason);
         }
     }
 
-    /// An invalid record at `c` is corruption, not a write in progress, if a
-    /// later segment exists: the writer finishes (and syncs) a segment's
-    /// records before it creates the next one.
-    fn corrupt_if_superseded(&self, c: Cursor, reason: &str) -> Result<(), LogError> {
+    /// An invalid record at `c` is corruption, not a write in progress or a
+    /// torn tail, if a later segment exists and a valid record after it (in
+    /// this segment or a later one) carries a `synced_lsn` that reaches it.
+    ///
+    /// A later segment alone proves nothing: the writer writes every record
+    /// of a segment before it creates the next, but seals it without a sync,
+    /// so after a power loss (before recovery runs) a segment's tail may be
+    /// torn while the next one exists. The proof search runs only once a
+    /// later segment exists, so the usual case (the writer is still in this
+    /// segment, perhaps writing this very record) costs one listing.
+    fn corrupt_if_proven(&self, c: Cursor, reason: &str) -> Result<(), LogError> {
+        let here = &self.segs[c.seg];
         let listing = dir::list(&self.dir)?;
-        if !listing.segments.iter().any(|&(lsn, _)| lsn > c.lsn) {
+        let later: Vec<_> = listing
+            .segments
+            .iter()
+            .filter(|&&(lsn, _)| lsn > here.name_lsn)
+            .collect();
+        if later.is_empty() {
             return Ok(());
         }
+        // Written completely since we looked (the writer has moved on)?
+        if matches!(decode_record(here.bytes(), c.offset), Ok(d) if d.header.lsn == c.lsn) {
+            return Ok(());
+        }
+        let mut proof =
+            find_proof_in(here.bytes(), c.offset, c.lsn).map(|(o, h)| (here.path.clone(), o, h));
+        for (lsn, path) in later {
+            if proof.is_some() {
+                break;
+            }
+            let seg = match MappedSegment::open(path, *lsn, self.shard) {
+                Ok(seg) => seg,
+                // Pruned or cut meanwhile: it proves nothing.
+                Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            proof = find_proof_in(seg.bytes(), SEGMENT_HEADER_BYTES, c.lsn)
+                .map(|(o, h)| (seg.path.clone(), o, h));
+        }
+        let Some((path, offset, h)) = proof else {
+            return Ok(());
+        };
         Err(LogError::Corrupt {
             shard: self.shard,
-            segment: self.segs[c.seg].path.clone(),
+            segment: here.path.clone(),
             offset: c.offset as u64,
             reason: format!(
-                "record {} invalid ({reason}) but the log continues in a later segment",
-                c.lsn
+                "record {} invalid ({reason}); the record with lsn {} at offset {offset} of {} was written after lsn {} had been synced",
+                c.lsn,
+                h.lsn,
+                path.display(),
+                h.synced_lsn
             ),
         })
     }

@@ -6,6 +6,14 @@
 //! of the moment it was written. If any valid record at or after the stop
 //! point says LSN `E` was already durable, then `E` was lost after a barrier:
 //! corruption. Otherwise nothing after the stop point had been acknowledged.
+//!
+//! Nothing here assumes that a valid record in segment k+1 implies that
+//! segment k is complete: the writer seals a segment without syncing it, and
+//! one barrier then makes the sealed and the new segment durable together.
+//! Until that barrier finishes, records in k+1 carry a `synced_lsn` below
+//! the first record of k that was not yet durable, so a power loss that
+//! damages k's unsynced tail is a torn tail here: the log is cut in k and
+//! every later segment is deleted.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -29,6 +37,10 @@ pub(crate) struct Recovered {
     pub write_offset: usize,
     /// LSN of the last retained record.
     pub last_lsn: Lsn,
+    /// Records up to this LSN are known to be on disk: the highest
+    /// `synced_lsn` of a retained record, or the snapshot's LSN. Later ones
+    /// may have been read from the page cache of a crashed writer.
+    pub proven_lsn: Lsn,
     pub tail_cut: Option<TailCut>,
 }
 
@@ -72,6 +84,7 @@ pub(crate) fn recover(
             segments: Vec::new(),
             write_offset: SEGMENT_HEADER_BYTES,
             last_lsn: snapshot_lsn,
+            proven_lsn: snapshot_lsn,
             tail_cut: None,
         });
     };
@@ -83,10 +96,12 @@ pub(crate) fn recover(
         });
     }
     let segs = map_all(shard, files)?;
-    let (stop, batch_end) = walk(&segs);
+    let (stop, batch_end, max_synced) = walk(&segs);
     let cut = cut_point(&segs, batch_end);
     check_not_durable(shard, &segs, &stop, cut, snapshot_lsn)?;
-    apply(dir, &segs, stop, cut)
+    let mut recovered = apply(dir, &segs, stop, cut)?;
+    recovered.proven_lsn = max_synced.max(snapshot_lsn).min(recovered.last_lsn);
+    Ok(recovered)
 }
 
 /// What a read-only look at the segments found (see [`inspect`]).
@@ -121,7 +136,7 @@ pub(crate) fn inspect(
         });
     }
     let segs = map_all(shard, files)?;
-    let (stop, batch_end) = walk(&segs);
+    let (stop, batch_end, _) = walk(&segs);
     let cut = cut_point(&segs, batch_end);
     check_not_durable(shard, &segs, &stop, cut, snapshot_lsn)?;
     let last_lsn = cut.map_or(segs[0].name_lsn - 1, |c| c.lsn);
@@ -156,11 +171,13 @@ fn map_all(shard: u16, files: &[(Lsn, PathBuf)]) -> Result<Vec<MappedSegment>, L
 }
 
 /// Walks records in order until the first position that is not the next
-/// valid record. Returns that stop and the position after the last BATCH_END
-/// record seen (with its LSN).
-fn walk(segs: &[MappedSegment]) -> (Stop, Option<Cut>) {
+/// valid record. Returns that stop, the position after the last BATCH_END
+/// record seen (with its LSN), and the highest `synced_lsn` of the records
+/// walked.
+fn walk(segs: &[MappedSegment]) -> (Stop, Option<Cut>, Lsn) {
     let mut expected = segs[0].name_lsn;
     let mut batch_end = None;
+    let mut max_synced = 0;
     let mut prev_end = Pos {
         seg: 0,
         offset: SEGMENT_HEADER_BYTES,
@@ -182,11 +199,17 @@ fn walk(segs: &[MappedSegment]) -> (Stop, Option<Cut>) {
                 reason,
                 scan_from: prev_end,
             };
-            return (stop, batch_end);
+            return (stop, batch_end, max_synced);
         }
-        match walk_segment(seg.bytes(), i, &mut expected, &mut batch_end) {
+        match walk_segment(
+            seg.bytes(),
+            i,
+            &mut expected,
+            &mut batch_end,
+            &mut max_synced,
+        ) {
             Ok(end) => prev_end = end,
-            Err(stop) => return (stop, batch_end),
+            Err(stop) => return (stop, batch_end, max_synced),
         }
     }
     let stop = Stop {
@@ -195,7 +218,7 @@ fn walk(segs: &[MappedSegment]) -> (Stop, Option<Cut>) {
         reason: END_OF_RECORDS.into(),
         scan_from: prev_end,
     };
-    (stop, batch_end)
+    (stop, batch_end, max_synced)
 }
 
 /// Walks the records of one segment. `Ok` carries the position where the
@@ -205,6 +228,7 @@ fn walk_segment(
     seg: usize,
     expected: &mut Lsn,
     batch_end: &mut Option<Cut>,
+    max_synced: &mut Lsn,
 ) -> Result<Pos, Stop> {
     let mut offset = SEGMENT_HEADER_BYTES;
     loop {
@@ -212,6 +236,7 @@ fn walk_segment(
         let reason = match decode_record(bytes, offset) {
             Ok(d) if d.header.lsn == *expected => {
                 *expected += 1;
+                *max_synced = (*max_synced).max(d.header.synced_lsn);
                 offset = d.next;
                 if d.header.batch_end() {
                     let at = Pos { seg, offset };
@@ -309,7 +334,12 @@ fn find_proof(
 /// page at a time (one `memcmp`) instead of offset by offset.
 static ZERO_PAGE: [u8; 4096] = [0; 4096];
 
-fn find_proof_in(bytes: &[u8], start: usize, expected: Lsn) -> Option<(usize, RecordHeader)> {
+/// [`find_proof`] within one segment's bytes, from `start` (16-byte aligned).
+pub(crate) fn find_proof_in(
+    bytes: &[u8],
+    start: usize,
+    expected: Lsn,
+) -> Option<(usize, RecordHeader)> {
     let page = ZERO_PAGE.len();
     let mut offset = start;
     while offset < bytes.len() {
@@ -379,6 +409,7 @@ fn apply(
         segments,
         write_offset: cut.map_or(SEGMENT_HEADER_BYTES, |c| c.at.offset),
         last_lsn,
+        proven_lsn: 0,
         tail_cut,
     })
 }

@@ -1,9 +1,23 @@
 //! Segment files: preparing the next one ahead of time, installing it at
 //! rollover, and opening existing ones for writing or reading.
+//!
+//! A prepared segment lives under a temporary name (`seg-prepared-{n}.tmp`,
+//! `n` unique in the process) until it is installed, so that two
+//! preparations (a background job and the writer's fallback) never share a
+//! file. A writer that closes leaves its prepared segment as
+//! `seg-prepared.ready` for the next open. The rule that keeps a reused file
+//! blank: nothing is ever written into a file while a name under which it
+//! could be reused is durable. Installing renames a temporary name to the
+//! segment's name and writes at once, without a directory `fsync` (the next
+//! barrier does it); if power fails first, the file may be back under its
+//! temporary name with some of those writes in it, and open deletes or
+//! checks it (see [`PreparedSegment::adopt`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapMut};
 
@@ -11,8 +25,8 @@ use super::Lsn;
 use super::dir;
 use super::error::LogError;
 use super::format::{
-    HeaderError, PREPARED_SEGMENT_NAME, READY_SEGMENT_NAME, RECORD_ALIGN, SEGMENT_HEADER_BYTES,
-    SegmentHeader, segment_file_name,
+    HeaderError, READY_SEGMENT_NAME, RECORD_ALIGN, SEGMENT_HEADER_BYTES, SegmentHeader,
+    is_prepared_segment_temp, prepared_segment_temp_name, segment_file_name,
 };
 use super::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use super::mmap;
@@ -23,7 +37,8 @@ pub(crate) struct WritableSegment {
     pub path: PathBuf,
     pub first_lsn: Lsn,
     pub map: MmapMut,
-    pub file: File,
+    /// Shared with barriers in flight, which `fdatasync` it.
+    pub file: Arc<File>,
 }
 
 impl WritableSegment {
@@ -40,7 +55,7 @@ impl WritableSegment {
             path: path.into(),
             first_lsn: header.first_lsn,
             map,
-            file,
+            file: Arc::new(file),
         })
     }
 
@@ -49,8 +64,20 @@ impl WritableSegment {
     }
 }
 
-/// A fully allocated, mapped and pre-faulted segment file waiting under a
-/// temporary name, so that rollover costs a rename instead of an allocation.
+/// Numbers the temporary names of prepared segments, process-wide, so that
+/// no two preparations (of any log in this process) ever share a file, even
+/// one still running for a log that was closed and reopened meanwhile.
+static NEXT_PREPARED: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh temporary path for a segment prepared in `dir`.
+pub(crate) fn prepared_temp_path(dir: &Path) -> PathBuf {
+    let n = NEXT_PREPARED.fetch_add(1, Ordering::Relaxed);
+    dir.join(prepared_segment_temp_name(n))
+}
+
+/// A fully allocated, zero-filled, synced, mapped and pre-faulted segment
+/// file waiting under a temporary name, so that rollover costs a rename
+/// instead of an allocation.
 #[derive(Debug)]
 pub(crate) struct PreparedSegment {
     path: PathBuf,
@@ -59,27 +86,104 @@ pub(crate) struct PreparedSegment {
 }
 
 impl PreparedSegment {
-    /// The prepared next segment: the one left ready by an earlier run if it
-    /// has the right size, else a new one.
-    pub fn create(dir: &Path, segment_bytes: u64) -> Result<Self, LogError> {
-        let ready = dir.join(READY_SEGMENT_NAME);
-        match Self::reuse(&ready, segment_bytes) {
-            Ok(Some(p)) => return Ok(p),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(path = %ready.display(), error = %e, "log: discarding a prepared segment");
-                dir::remove(&ready)?;
-            }
+    /// Creates a new prepared segment at `path`, a temporary name that must
+    /// not exist (it is created exclusively, so no other preparation's file
+    /// is ever truncated): allocate, zero-fill, `fsync`, map with
+    /// pre-faulting. Blocks for as long as writing `segment_bytes` takes.
+    /// On failure the partial file is removed.
+    pub fn create(path: &Path, segment_bytes: u64) -> Result<Self, LogError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| LogError::io("create", path, e))?;
+        let result = Self::fill(path, file, segment_bytes);
+        if result.is_err() {
+            // Best effort: leftovers are also deleted at the next open.
+            let _ = std::fs::remove_file(path);
         }
-        let p = Self::create_new(dir, segment_bytes)?;
-        std::fs::rename(&p.path, &ready).map_err(|e| LogError::io("rename", &p.path, e))?;
-        dir::sync(dir)?;
-        Ok(PreparedSegment { path: ready, ..p })
+        result
     }
 
-    /// Opens a segment an earlier run prepared. It was zero-filled and synced
-    /// before it got this name, and nothing writes to it under this name.
-    fn reuse(path: &Path, segment_bytes: u64) -> Result<Option<Self>, LogError> {
+    fn fill(path: &Path, file: File, segment_bytes: u64) -> Result<Self, LogError> {
+        mmap::allocate(&file, segment_bytes).map_err(|e| LogError::io("fallocate", path, e))?;
+        // fallocate leaves "unwritten" extents: the first barrier after a
+        // write would also have to commit their conversion to the file
+        // system's journal. Writing zeros once, here, off the append path,
+        // leaves a barrier nothing but data pages to write.
+        zero_fill(&file, segment_bytes).map_err(|e| LogError::io("zero-fill", path, e))?;
+        // Makes the allocation and the zeros durable now, off the append
+        // path, so that a later barrier has no file metadata left to write
+        // and the file is known blank on disk whatever name it ends up under.
+        file.sync_all()
+            .map_err(|e| LogError::io("fsync", path, e))?;
+        let map = mmap::map_writable(&file, segment_bytes as usize)
+            .map_err(|e| LogError::io("mmap", path, e))?;
+        Ok(PreparedSegment {
+            path: path.into(),
+            file,
+            map,
+        })
+    }
+
+    /// Takes over a prepared segment an earlier writer left in `dir`, renamed
+    /// to `path` (a fresh temporary name); `None` if there is none.
+    ///
+    /// * `seg-prepared.ready` is blank by construction (a writer gives that
+    ///   name only to an unused, synced prepared segment, and renames it back
+    ///   to a temporary name, durably, before writing into it): it is checked
+    ///   for size and a blank header only.
+    /// * `leftovers`, prepared-segment temporary files, may be unused
+    ///   prepared segments of a writer that crashed, or installed segments
+    ///   whose rename a power loss undid (with some of their records in
+    ///   them). One is taken only if all of it reads back as zeros and after
+    ///   an `fsync`.
+    ///
+    /// Every other candidate is deleted. The caller must `fsync` the
+    /// directory before writing into the returned segment, so that the
+    /// rename to `path` is durable first.
+    pub fn adopt(
+        dir: &Path,
+        leftovers: &[PathBuf],
+        segment_bytes: u64,
+        path: &Path,
+    ) -> Result<Option<Self>, LogError> {
+        let ready = dir.join(READY_SEGMENT_NAME);
+        let mut candidates = vec![(ready, false)];
+        candidates.extend(leftovers.iter().map(|p| (p.clone(), true)));
+        let mut adopted = None;
+        for (candidate, check_all) in candidates {
+            if adopted.is_some() {
+                dir::remove(&candidate)?;
+                continue;
+            }
+            match Self::check_blank(&candidate, segment_bytes, check_all) {
+                Ok(Some(p)) => {
+                    std::fs::rename(&candidate, path)
+                        .map_err(|e| LogError::io("rename", &candidate, e))?;
+                    adopted = Some(PreparedSegment {
+                        path: path.into(),
+                        ..p
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(path = %candidate.display(), error = %e, "log: discarding a prepared segment");
+                    dir::remove(&candidate)?;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Opens a prepared segment left by an earlier writer and checks that it
+    /// is blank: its header, or (`check_all`) every byte, then syncs it.
+    fn check_blank(
+        path: &Path,
+        segment_bytes: u64,
+        check_all: bool,
+    ) -> Result<Option<Self>, LogError> {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -96,8 +200,18 @@ impl PreparedSegment {
         }
         let map = mmap::map_writable(&file, segment_bytes as usize)
             .map_err(|e| LogError::io("mmap", path, e))?;
-        if map[..SEGMENT_HEADER_BYTES].iter().any(|&b| b != 0) {
+        let checked = if check_all {
+            &map[..]
+        } else {
+            &map[..SEGMENT_HEADER_BYTES]
+        };
+        if !is_zero(checked) {
             return Err(LogError::Config("prepared segment is not blank".into()));
+        }
+        if check_all {
+            // A crashed preparation may have left zeros only in the page cache.
+            file.sync_all()
+                .map_err(|e| LogError::io("fsync", path, e))?;
         }
         Ok(Some(PreparedSegment {
             path: path.to_path_buf(),
@@ -106,38 +220,14 @@ impl PreparedSegment {
         }))
     }
 
-    fn create_new(dir: &Path, segment_bytes: u64) -> Result<Self, LogError> {
-        let path = dir.join(PREPARED_SEGMENT_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| LogError::io("create", &path, e))?;
-        mmap::allocate(&file, segment_bytes).map_err(|e| LogError::io("fallocate", &path, e))?;
-        // fallocate leaves "unwritten" extents: the first barrier after a
-        // write would also have to commit their conversion to the file
-        // system's journal. Writing zeros once, here, off the append path,
-        // leaves a barrier nothing but data pages to write.
-        zero_fill(&file, segment_bytes).map_err(|e| LogError::io("zero-fill", &path, e))?;
-        // Makes the allocation itself durable now, off the append path, so
-        // that a later barrier of the data has no file metadata left to write.
-        file.sync_all()
-            .map_err(|e| LogError::io("fsync", &path, e))?;
-        let map = mmap::map_writable(&file, segment_bytes as usize)
-            .map_err(|e| LogError::io("mmap", &path, e))?;
-        Ok(PreparedSegment { path, file, map })
-    }
-
     pub fn bytes(&self) -> u64 {
         self.map.len() as u64
     }
 
-    /// Renames the prepared file to its final name and writes its header into
-    /// the mapping. The directory entry is durable on return; the header
-    /// becomes durable with the first flush of the new segment (the writer
-    /// starts its dirty range at offset 0), before any record in it counts.
+    /// Renames the prepared file to its segment name and writes its header
+    /// into the mapping. Neither is durable on return: the next barrier
+    /// `fsync`s the directory (the name) and `fdatasync`s the file (the
+    /// header), before any record in the new segment counts as durable.
     pub fn install(
         self,
         dir: &Path,
@@ -149,16 +239,16 @@ impl PreparedSegment {
             segment_bytes: self.bytes(),
             first_lsn,
         };
-        let mut segment = self.install_named(dir, first_lsn)?;
+        let mut segment = self.rename_to_segment(dir, first_lsn)?;
         debug_assert!(segment.map[..SEGMENT_HEADER_BYTES].iter().all(|&b| b == 0));
         segment.map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
         Ok(segment)
     }
 
     /// Installs the very first segment of a log (or the one after a
-    /// recovery that kept no segment). Unlike `install`, the header is made
-    /// durable before the file gets its name, so a named segment never has a
-    /// header that could be lost.
+    /// recovery that kept no segment). Unlike `install`, header and name
+    /// are durable on return, the header before the file gets its name, so
+    /// a named segment never has a header that could be lost.
     pub fn install_first(
         mut self,
         dir: &Path,
@@ -174,20 +264,50 @@ impl PreparedSegment {
         self.file
             .sync_data()
             .map_err(|e| LogError::io("fdatasync", &self.path, e))?;
-        self.install_named(dir, first_lsn)
+        let segment = self.rename_to_segment(dir, first_lsn)?;
+        dir::sync(dir)?;
+        Ok(segment)
     }
 
-    fn install_named(self, dir: &Path, first_lsn: Lsn) -> Result<WritableSegment, LogError> {
+    /// Leaves the unused segment as `seg-prepared.ready` for the next open
+    /// of the log. Nothing was written into it, and its zeros were synced
+    /// when it was prepared, so it is blank on disk whether or not the
+    /// rename survives a crash (no directory `fsync` needed).
+    pub fn keep_ready(self, dir: &Path) -> Result<(), LogError> {
+        let ready = dir.join(READY_SEGMENT_NAME);
+        std::fs::rename(&self.path, &ready).map_err(|e| LogError::io("rename", &self.path, e))
+    }
+
+    fn rename_to_segment(self, dir: &Path, first_lsn: Lsn) -> Result<WritableSegment, LogError> {
         let path = dir.join(segment_file_name(first_lsn));
         std::fs::rename(&self.path, &path).map_err(|e| LogError::io("rename", &path, e))?;
-        dir::sync(dir)?;
         Ok(WritableSegment {
             path,
             first_lsn,
             map: self.map,
-            file: self.file,
+            file: Arc::new(self.file),
         })
     }
+}
+
+/// The temporary files in a listing that hold prepared segments.
+pub(crate) fn prepared_leftovers(temps: &[PathBuf]) -> Vec<PathBuf> {
+    temps
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| is_prepared_segment_temp(Path::new(n)))
+        })
+        .cloned()
+        .collect()
+}
+
+/// True if every byte is zero, compared a page at a time.
+fn is_zero(bytes: &[u8]) -> bool {
+    static ZERO_PAGE: [u8; 4096] = [0; 4096];
+    bytes
+        .chunks(ZERO_PAGE.len())
+        .all(|chunk| chunk == &ZERO_PAGE[..chunk.len()])
 }
 
 /// A segment mapped read-only, with its header checked against its name and

@@ -1,7 +1,7 @@
 //! Unit tests: byte-level format rules, configuration, snapshot pruning plan,
 //! and the poisoning that needs the `fail_next_sync` hook.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::format::*;
 use super::snapshot::{SnapshotFile, prune_plan};
@@ -215,25 +215,104 @@ fn failed_sync_poisons_the_log_for_good() {
 }
 
 #[test]
-fn failed_sync_at_rollover_poisons_the_log() {
+fn a_rollover_runs_no_barrier_and_a_failed_barrier_after_it_poisons() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
     let big = vec![5u8; 40 << 10];
     log.append_batch([(1, &big[..])].into_iter()).unwrap();
     log.fail_next_sync();
-    // The second record does not fit: rollover syncs the first segment.
-    let err = log.append_batch([(1, &big[..])].into_iter()).unwrap_err();
+    // The second record does not fit: the rollover syncs nothing, so the
+    // injected failure waits for the barrier.
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    assert_eq!(log.sealed.len(), 1);
+    assert!(!log.is_poisoned());
+    let err = log.sync().unwrap_err();
     assert!(
-        matches!(
-            err,
-            LogError::Io {
-                op: "fdatasync",
-                ..
-            }
-        ),
+        matches!(&err, LogError::Io { op: "fdatasync", path, .. } if *path == log.active.path),
         "{err}"
     );
     assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
+    assert_eq!(log.durable_lsn(), 0);
+}
+
+/// Paths of the files a barrier will sync, in order.
+fn barrier_files(p: &PendingSync) -> Vec<PathBuf> {
+    p.files.iter().map(|(_, path)| path.clone()).collect()
+}
+
+#[test]
+fn a_barrier_syncs_the_sealed_segments_in_order_then_the_active_one_then_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    let big = vec![5u8; 40 << 10];
+    for _ in 0..3 {
+        log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    }
+    // Two rollovers, no barrier: both sealed segments wait for one.
+    assert_eq!(log.sealed.len(), 2);
+    assert!(log.sealed.iter().all(|s| s.unsynced.is_some()));
+    let pending = log.begin_sync().unwrap().unwrap();
+    let mut expected: Vec<PathBuf> = log.sealed.iter().map(|s| s.path.clone()).collect();
+    expected.push(log.active.path.clone());
+    assert_eq!(barrier_files(&pending), expected);
+    assert!(
+        pending.dir.is_some(),
+        "new segment names wait for this barrier"
+    );
+    assert_eq!(pending.unmap.lock().unwrap().len(), 2);
+    assert!(log.sealed.iter().all(|s| s.map.is_none()));
+    let result = pending.run();
+    assert_eq!(log.finish_sync(pending, result).unwrap(), 3);
+    assert!(log.sealed.iter().all(|s| s.unsynced.is_none()));
+    assert_eq!(log.installs_durable, log.installs);
+    // The next barrier syncs the active segment alone.
+    log.append_batch([(1, &b"small"[..])].into_iter()).unwrap();
+    let pending = log.begin_sync().unwrap().unwrap();
+    assert_eq!(barrier_files(&pending), vec![log.active.path.clone()]);
+    assert!(pending.dir.is_none());
+    let result = pending.run();
+    assert_eq!(log.finish_sync(pending, result).unwrap(), 4);
+}
+
+#[test]
+fn barriers_in_flight_cover_what_was_appended_before_they_began() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    let big = vec![5u8; 40 << 10];
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    let first = log.begin_sync().unwrap().unwrap();
+    // Rolls over while the first barrier is in flight.
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    let second = log.begin_sync().unwrap().unwrap();
+    assert_eq!(barrier_files(&second).len(), 2);
+    let result = second.run();
+    assert_eq!(log.finish_sync(second, result).unwrap(), 2);
+    assert!(log.sealed[0].unsynced.is_none());
+    // The older barrier finishing late does not move the durable LSN back.
+    let result = first.run();
+    assert_eq!(log.finish_sync(first, result).unwrap(), 2);
+    // A segment sealed after a barrier began, holding nothing newer than
+    // it, is durable once that barrier finishes.
+    log.append_batch([(1, &b"x"[..])].into_iter()).unwrap();
+    let third = log.begin_sync().unwrap().unwrap();
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    assert_eq!(log.sealed.len(), 2);
+    assert!(log.sealed[1].unsynced.is_some());
+    let result = third.run();
+    assert_eq!(log.finish_sync(third, result).unwrap(), 3);
+    assert!(log.sealed[1].unsynced.is_none());
+    assert_eq!(log.sync().unwrap(), 4);
+}
+
+/// Prepared-segment temporary files in `dir`.
+fn prepared_temps(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| is_prepared_segment_temp(Path::new(p.file_name().unwrap())))
+        .collect();
+    found.sort();
+    found
 }
 
 #[test]
@@ -241,13 +320,93 @@ fn next_segment_is_prepared_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
     // An empty log holds one segment; the next is prepared once it is half full.
-    assert!(!dir.path().join(READY_SEGMENT_NAME).exists());
+    assert!(prepared_temps(dir.path()).is_empty());
     let big = vec![5u8; 40 << 10];
     for _ in 0..3 {
         log.append_batch([(1, &big[..])].into_iter()).unwrap();
         // After every rollover a fresh segment is waiting again.
-        assert!(dir.path().join(READY_SEGMENT_NAME).exists());
+        assert_eq!(prepared_temps(dir.path()).len(), 1);
     }
     let bytes = limits::SEGMENT_BYTES_MIN;
     assert_eq!(log.disk_bytes(), 4 * bytes);
+    // Closing leaves it ready for the next open, which takes it over.
+    drop(log);
+    assert!(prepared_temps(dir.path()).is_empty());
+    assert!(dir.path().join(READY_SEGMENT_NAME).exists());
+    let (log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    assert!(!dir.path().join(READY_SEGMENT_NAME).exists());
+    assert_eq!(prepared_temps(dir.path()).len(), 1);
+    assert_eq!(log.disk_bytes(), 4 * bytes);
+}
+
+/// A prepared-segment temporary file of `len` bytes, zero but for `dirt`.
+fn leftover(dir: &Path, name: &str, len: u64, dirt: Option<u64>) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(len).unwrap();
+    if let Some(at) = dirt {
+        f.write_all_at(&[1], at).unwrap();
+    }
+    path
+}
+
+#[test]
+fn open_takes_over_a_blank_leftover_and_deletes_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = limits::SEGMENT_BYTES_MIN;
+    drop(Log::open(dir.path(), 1, small_config()).unwrap());
+    // What a writer that crashed can leave: a segment whose rename a power
+    // loss undid (records deep inside), one of another size, a blank one.
+    let dirty = leftover(dir.path(), "seg-prepared-1.tmp", bytes, Some(bytes - 1));
+    let short = leftover(dir.path(), "seg-prepared-2.tmp", bytes / 2, None);
+    let blank = leftover(dir.path(), "seg-prepared-3.tmp", bytes, None);
+    let snap = leftover(dir.path(), "snap-00000000000000000001.tmp", 10, None);
+    let (log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    for p in [&dirty, &short, &blank, &snap] {
+        assert!(!p.exists(), "{}", p.display());
+    }
+    assert!(log.prepared.is_some(), "the blank one was taken over");
+    assert_eq!(prepared_temps(dir.path()).len(), 1);
+    assert_eq!(log.disk_bytes(), 2 * bytes);
+}
+
+#[test]
+fn open_deletes_a_dirty_leftover_and_a_ready_segment_with_a_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = limits::SEGMENT_BYTES_MIN;
+    drop(Log::open(dir.path(), 1, small_config()).unwrap());
+    let dirty = leftover(dir.path(), "seg-prepared-9.tmp", bytes, Some(5000));
+    let ready = leftover(dir.path(), READY_SEGMENT_NAME, bytes, Some(3));
+    let (log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    assert!(!dirty.exists() && !ready.exists());
+    // Having found some, open prepares a fresh one (as it did before it
+    // knew what they held).
+    assert!(log.prepared.is_some());
+    assert_eq!(prepared_temps(dir.path()).len(), 1);
+}
+
+#[test]
+fn recovery_knows_which_records_a_crashed_writer_may_have_left_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    let big = vec![5u8; 40 << 10];
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    log.append_batch([(1, &b"x"[..])].into_iter()).unwrap();
+    assert_eq!(log.sync().unwrap(), 2);
+    // Two rollovers, no barrier: a crash now leaves segments 1 and 2 with
+    // records that may be only in the page cache.
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    drop(log);
+    let listing = dir::list(dir.path()).unwrap();
+    assert_eq!(listing.segments.len(), 3);
+    let recovered = recovery::recover(dir.path(), 1, &listing.segments, 0).unwrap();
+    assert_eq!(recovered.last_lsn, 4);
+    assert_eq!(
+        recovered.proven_lsn, 2,
+        "what the records' synced_lsn proves"
+    );
+    let recovered = recovery::recover(dir.path(), 1, &listing.segments, 3).unwrap();
+    assert_eq!(recovered.proven_lsn, 3, "or the snapshot");
 }
