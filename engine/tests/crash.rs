@@ -393,7 +393,7 @@ fn unsynced_rollovers_case(seed: u64) {
                 patch(seg, from, 0, |buf| buf.fill(0));
             }
             _ => {
-                let undone = dir.path().join(format!("seg-prepared-{}.tmp", 500 + i));
+                let undone = dir.path().join(format!("seg-prepared-undone-{i}.tmp"));
                 std::fs::rename(seg, undone).unwrap();
             }
         }

@@ -92,6 +92,17 @@ pub fn append(log: &mut Log, lens: &[usize]) -> Vec<Rec> {
     recs
 }
 
+/// Prepares the next segment the way a writer's background preparer does, if
+/// the log asks for it: runs the job on another thread, installs the result.
+pub fn prepare(log: &mut Log) -> bool {
+    let Some(job) = log.prepare_job() else {
+        return false;
+    };
+    let result = std::thread::spawn(move || job.run()).join().unwrap();
+    log.install_prepared(result);
+    true
+}
+
 /// A random batch: 1..=8 records of 0..=max_len bytes.
 pub fn random_lens(rng: &mut Rng, max_len: u64) -> Vec<usize> {
     let n = rng.range(1, 9);

@@ -366,7 +366,7 @@ fn log_power_loss_in_an_unsynced_sealed_segment_is_a_torn_tail() {
                 0 => {}
                 1 => zero_from(seg, rng.range(0, SEGMENT_BYTES)),
                 2 => {
-                    let undone = dir.path().join(format!("seg-prepared-{}.tmp", 900 + i));
+                    let undone = dir.path().join(format!("seg-prepared-undone-{i}.tmp"));
                     std::fs::rename(seg, undone).unwrap();
                 }
                 _ => flip_bit(seg, rng.range(64, SEGMENT_BYTES), rng.range(0, 8) as u8),
@@ -399,7 +399,7 @@ fn log_power_loss_in_an_unsynced_sealed_segment_is_a_torn_tail() {
             "seed {seed}"
         );
         for i in 0..later.len() {
-            let undone = dir.path().join(format!("seg-prepared-{}.tmp", 900 + i));
+            let undone = dir.path().join(format!("seg-prepared-undone-{i}.tmp"));
             assert!(
                 !undone.exists(),
                 "seed {seed}: {} survived",

@@ -17,6 +17,12 @@
 //!   segment's name by that barrier's directory `fsync`. Recovery tells the
 //!   loss of a sealed segment's unsynced tail from corruption by
 //!   `synced_lsn`, as anywhere else.
+//! * Segments are prepared ahead (allocated, zero-filled, synced, mapped and
+//!   pre-faulted) by a [`PrepareJob`] that [`Log::prepare_job`] hands out once
+//!   the active segment is half full; it runs on any thread and its result
+//!   goes back through [`Log::install_prepared`]. Appending never prepares
+//!   ahead; a rollover that finds nothing prepared creates the segment on the
+//!   writer's thread. [`Log::open`] prepares on its own thread.
 //! * [`Log::open`] recovers: it cuts a torn tail (records after the last
 //!   complete batch that never passed a barrier) and refuses to start on
 //!   corruption of data that had passed one.
@@ -183,6 +189,8 @@ pub struct Log {
     sealed: Vec<Sealed>,
     /// The next segment, allocated and mapped ahead of time.
     prepared: Option<PreparedSegment>,
+    /// A [`PrepareJob`] was handed out and its result not installed yet.
+    prepare_outstanding: bool,
     /// Segments installed (renamed to their names) since open, and how many
     /// of those renames a finished barrier's directory `fsync` made durable.
     installs: u64,
@@ -319,6 +327,7 @@ impl Log {
             write_offset: recovered.write_offset,
             sealed,
             prepared: None,
+            prepare_outstanding: false,
             installs: 0,
             installs_durable: 0,
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
@@ -332,6 +341,13 @@ impl Log {
 
     /// Writes the records into the mapped segment, with consecutive LSNs, and
     /// flags the last one `BATCH_END`. Not durable until [`Log::sync`].
+    ///
+    /// Prepares nothing ahead: that is [`Log::prepare_job`]'s work, off this
+    /// thread. Only if the batch needs a rollover and no segment is prepared
+    /// (no job was run, or it has not finished) does it create the next
+    /// segment on this thread, before writing anything, under a temporary
+    /// name of its own: it neither waits for nor collides with a job in
+    /// flight, whose segment then serves a later rollover.
     ///
     /// Checks every record before writing any, so `PayloadTooLarge`,
     /// `EmptyBatch`, `BatchTooLarge` and a failure to prepare the next segment
@@ -355,7 +371,6 @@ impl Log {
             let flags = if i == last_index { FLAG_BATCH_END } else { 0 };
             self.append_one(kind, payload, flags)?;
         }
-        self.prepare_ahead();
         debug_assert_eq!(self.last_lsn - first + 1, batch.len() as u64);
         Ok(first..=self.last_lsn)
     }
@@ -383,23 +398,32 @@ impl Log {
     fn ensure_next_segment(&mut self, batch: &[(u16, &[u8])]) -> Result<(), LogError> {
         let needed: usize = batch.iter().map(|(_, p)| record_span(p.len())).sum();
         if self.write_offset + needed > self.active.bytes() && self.prepared.is_none() {
+            tracing::debug!(
+                shard = self.shard,
+                "log: no segment prepared at rollover; preparing one on the writer's thread"
+            );
             self.prepared = Some(self.create_segment_now()?);
         }
         Ok(())
     }
 
-    /// Prepares the next segment once the active one is half full, so an idle
-    /// shard holds one segment, not two, and a busy one never waits for
-    /// allocation at rollover.
+    /// True once the active segment is half full: the point from which the
+    /// next segment is prepared, so an idle shard holds one segment, not two,
+    /// and a busy one has the next ready before it needs it.
+    fn wants_next_segment(&self) -> bool {
+        self.prepared.is_none() && self.write_offset >= self.active.bytes() / 2
+    }
+
+    /// At open: prepares the next segment on this thread if it is wanted.
     fn prepare_ahead(&mut self) {
-        if self.write_offset >= self.active.bytes() / 2 {
+        if self.wants_next_segment() {
             self.prepare_now();
         }
     }
 
-    /// Prepares the next segment if none is. A failure here is not the
-    /// caller's: it is retried (and reported) by the next append that needs
-    /// the segment.
+    /// At open: prepares the next segment if none is. A failure here is not
+    /// the caller's: it is reported, and retried by a later job or by the
+    /// rollover that needs the segment.
     fn prepare_now(&mut self) {
         if self.prepared.is_some() {
             return;
@@ -409,6 +433,50 @@ impl Log {
             Err(e) => {
                 tracing::warn!(shard = self.shard, error = %e, "log: preparing the next segment failed; will retry")
             }
+        }
+    }
+
+    /// The work of preparing the next segment, to run off the writer's
+    /// thread, if it should be done now: the active segment is at least half
+    /// full, no segment is prepared, and no job is outstanding. The returned
+    /// job is outstanding until its result reaches [`Log::install_prepared`].
+    /// Takes no system call. `None` as well once the log is poisoned.
+    pub fn prepare_job(&mut self) -> Option<PrepareJob> {
+        if self.poisoned || self.prepare_outstanding || !self.wants_next_segment() {
+            return None;
+        }
+        self.prepare_outstanding = true;
+        Some(PrepareJob {
+            path: prepared_temp_path(&self.dir),
+            segment_bytes: self.config.segment_bytes,
+            instance: self.instance,
+        })
+    }
+
+    /// Takes the result of a [`PrepareJob`] from [`Log::prepare_job`]: the
+    /// segment becomes the prepared next one, used by the next rollover. On
+    /// error, logs a warning; the next [`Log::prepare_job`] offers a new job
+    /// (and a rollover before that creates the segment itself). A segment
+    /// prepared for another log, or when one is prepared already, is deleted.
+    pub fn install_prepared(&mut self, result: Result<Prepared, LogError>) {
+        let mut prepared = match result {
+            Ok(p) if p.instance != self.instance => {
+                tracing::warn!(
+                    shard = self.shard,
+                    "log: a segment prepared for another log was handed in; deleting it"
+                );
+                return;
+            }
+            Ok(p) => p,
+            Err(e) => {
+                self.prepare_outstanding = false;
+                tracing::warn!(shard = self.shard, error = %e, "log: preparing the next segment failed; will retry");
+                return;
+            }
+        };
+        self.prepare_outstanding = false;
+        if self.prepared.is_none() {
+            self.prepared = prepared.segment.take();
         }
     }
 
@@ -616,7 +684,8 @@ impl Log {
     }
 
     /// Bytes on disk used by segments (including the prepared next one, all
-    /// fully allocated) and snapshots.
+    /// fully allocated) and snapshots. A [`PrepareJob`] in flight is not
+    /// counted until its segment is installed.
     pub fn disk_bytes(&self) -> u64 {
         let sealed: u64 = self.sealed.iter().map(|s| s.bytes).sum();
         let prepared = self.prepared.as_ref().map_or(0, |p| p.bytes());
@@ -753,6 +822,8 @@ const _: () = {
     assert_send::<Log>();
     assert_send::<LogReader>();
     assert_send::<PendingSync>();
+    assert_send::<PrepareJob>();
+    assert_send::<Prepared>();
 };
 
 /// The snapshot files of a listing, with their sizes.
@@ -768,6 +839,51 @@ fn snapshot_files(found: &[(Lsn, PathBuf)]) -> Result<Vec<SnapshotFile>, LogErro
             })
         })
         .collect()
+}
+
+/// The preparation of a log's next segment, from [`Log::prepare_job`], to run
+/// on any thread.
+#[derive(Debug)]
+pub struct PrepareJob {
+    /// A temporary name no other preparation in this process uses.
+    path: PathBuf,
+    segment_bytes: u64,
+    instance: u64,
+}
+
+impl PrepareJob {
+    /// Creates the segment file under its temporary name, allocates it
+    /// (`posix_fallocate`), writes zeros over all of it, `fsync`s it, and maps
+    /// it read-write with every page faulted in (`MAP_POPULATE`), so that
+    /// appends into it read nothing from disk. Blocks for all of that; it
+    /// touches nothing the writer uses. Hand the result to
+    /// [`Log::install_prepared`].
+    pub fn run(self) -> Result<Prepared, LogError> {
+        let segment = PreparedSegment::create(&self.path, self.segment_bytes)?;
+        Ok(Prepared {
+            segment: Some(segment),
+            instance: self.instance,
+        })
+    }
+}
+
+/// A segment prepared by [`PrepareJob::run`], for [`Log::install_prepared`].
+/// Dropped without being installed (say, its log was closed meanwhile), it
+/// deletes its file.
+#[derive(Debug)]
+pub struct Prepared {
+    segment: Option<PreparedSegment>,
+    instance: u64,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(segment) = self.segment.take()
+            && let Err(e) = segment.discard()
+        {
+            tracing::warn!(error = %e, "log: could not delete an unused prepared segment");
+        }
+    }
 }
 
 /// A barrier prepared by [`Log::begin_sync`], to run on any thread.

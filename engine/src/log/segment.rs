@@ -152,29 +152,30 @@ impl PreparedSegment {
         let ready = dir.join(READY_SEGMENT_NAME);
         let mut candidates = vec![(ready, false)];
         candidates.extend(leftovers.iter().map(|p| (p.clone(), true)));
-        let mut adopted = None;
+        let mut adopted: Option<Self> = None;
         for (candidate, check_all) in candidates {
             if adopted.is_some() {
                 dir::remove(&candidate)?;
                 continue;
             }
             match Self::check_blank(&candidate, segment_bytes, check_all) {
-                Ok(Some(p)) => {
-                    std::fs::rename(&candidate, path)
-                        .map_err(|e| LogError::io("rename", &candidate, e))?;
-                    adopted = Some(PreparedSegment {
-                        path: path.into(),
-                        ..p
-                    });
-                }
-                Ok(None) => {}
+                Ok(found) => adopted = found,
                 Err(e) => {
                     tracing::warn!(path = %candidate.display(), error = %e, "log: discarding a prepared segment");
                     dir::remove(&candidate)?;
                 }
             }
         }
-        Ok(adopted)
+        // Renamed only once every other candidate is gone: a leftover of an
+        // earlier process may carry the very name `path` has.
+        let Some(p) = adopted else {
+            return Ok(None);
+        };
+        std::fs::rename(&p.path, path).map_err(|e| LogError::io("rename", &p.path, e))?;
+        Ok(Some(PreparedSegment {
+            path: path.into(),
+            ..p
+        }))
     }
 
     /// Opens a prepared segment left by an earlier writer and checks that it
@@ -276,6 +277,17 @@ impl PreparedSegment {
     pub fn keep_ready(self, dir: &Path) -> Result<(), LogError> {
         let ready = dir.join(READY_SEGMENT_NAME);
         std::fs::rename(&self.path, &ready).map_err(|e| LogError::io("rename", &self.path, e))
+    }
+
+    /// Deletes the unused segment's file (gone already is fine: the open of
+    /// a log deletes what a job of an earlier writer left behind).
+    pub fn discard(self) -> Result<(), LogError> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(LogError::io("unlink", &self.path, e))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn rename_to_segment(self, dir: &Path, first_lsn: Lsn) -> Result<WritableSegment, LogError> {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::format::*;
+use super::segment::{PreparedSegment, prepared_temp_path};
 use super::snapshot::{SnapshotFile, prune_plan};
 use super::*;
 
@@ -315,17 +316,34 @@ fn prepared_temps(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Runs the log's prepare job, if it offers one, on another thread.
+fn run_prepare_job(log: &mut Log) -> bool {
+    let Some(job) = log.prepare_job() else {
+        return false;
+    };
+    let result = std::thread::spawn(move || job.run()).join().unwrap();
+    log.install_prepared(result);
+    true
+}
+
 #[test]
-fn next_segment_is_prepared_ahead() {
+fn next_segment_is_prepared_ahead_by_a_job() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
     // An empty log holds one segment; the next is prepared once it is half full.
+    assert!(!run_prepare_job(&mut log));
     assert!(prepared_temps(dir.path()).is_empty());
     let big = vec![5u8; 40 << 10];
     for _ in 0..3 {
         log.append_batch([(1, &big[..])].into_iter()).unwrap();
-        // After every rollover a fresh segment is waiting again.
+        // Appending prepares nothing itself (the first rollover below had
+        // to create its segment on the spot)...
+        assert!(log.prepared.is_none());
+        // ...a job does, and the next rollover takes it.
+        assert!(run_prepare_job(&mut log));
+        assert!(log.prepared.is_some());
         assert_eq!(prepared_temps(dir.path()).len(), 1);
+        assert!(!run_prepare_job(&mut log), "one is enough");
     }
     let bytes = limits::SEGMENT_BYTES_MIN;
     assert_eq!(log.disk_bytes(), 4 * bytes);
@@ -337,6 +355,95 @@ fn next_segment_is_prepared_ahead() {
     assert!(!dir.path().join(READY_SEGMENT_NAME).exists());
     assert_eq!(prepared_temps(dir.path()).len(), 1);
     assert_eq!(log.disk_bytes(), 4 * bytes);
+}
+
+#[test]
+fn a_prepare_job_is_offered_once_until_its_result_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    let big = vec![5u8; 40 << 10];
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    let job = log.prepare_job().unwrap();
+    assert!(log.prepare_job().is_none(), "one job at a time");
+    // A failure is reported and the job offered again.
+    log.install_prepared(Err(LogError::Config("disk full".into())));
+    drop(job);
+    let job = log.prepare_job().unwrap();
+    // A real failure: its temporary name is taken.
+    std::fs::write(&job.path, b"someone else's").unwrap();
+    let taken = job.path.clone();
+    let result = job.run();
+    assert!(matches!(result, Err(LogError::Io { op: "create", .. })));
+    assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
+    log.install_prepared(result);
+    assert!(log.prepared.is_none());
+    assert!(run_prepare_job(&mut log));
+    assert!(log.prepared.is_some());
+}
+
+#[test]
+fn the_fallback_at_rollover_does_not_wait_for_or_collide_with_a_job_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), 1, small_config()).unwrap();
+    let big = vec![5u8; 40 << 10];
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    let job = log.prepare_job().unwrap();
+    // The rollover comes before the job ran: the writer creates a segment
+    // itself, under another name.
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    assert_eq!(log.sealed.len(), 1);
+    assert!(!job.path.exists());
+    let result = std::thread::spawn(move || job.run()).join().unwrap();
+    log.install_prepared(result);
+    // The job's segment serves the next rollover.
+    let waiting = prepared_temps(dir.path());
+    assert_eq!(waiting.len(), 1);
+    log.append_batch([(1, &big[..])].into_iter()).unwrap();
+    assert_eq!(log.sealed.len(), 2);
+    assert!(!waiting[0].exists());
+    assert!(prepared_temps(dir.path()).is_empty());
+    assert_eq!(log.sync().unwrap(), 3);
+    let mut reader = log.read_from(1).unwrap();
+    for _ in 0..3 {
+        assert_eq!(reader.next().unwrap().unwrap().payload, &big[..]);
+    }
+}
+
+#[test]
+fn a_prepared_segment_is_deleted_if_its_log_does_not_take_it() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let (mut a, _) = Log::open(dir_a.path(), 1, small_config()).unwrap();
+    let (mut b, _) = Log::open(dir_b.path(), 1, small_config()).unwrap();
+    let big = vec![5u8; 40 << 10];
+    a.append_batch([(1, &big[..])].into_iter()).unwrap();
+    b.append_batch([(1, &big[..])].into_iter()).unwrap();
+    let from_a = a.prepare_job().unwrap().run().unwrap();
+    let for_b = b.prepare_job().unwrap();
+    // Handed to the wrong log: refused and deleted; b's job is still out.
+    b.install_prepared(Ok(from_a));
+    assert!(b.prepared.is_none() && b.prepare_outstanding);
+    assert!(prepared_temps(dir_a.path()).is_empty());
+    // Its log closed before the job finished: dropping the result deletes it.
+    drop(b);
+    let late = for_b.run().unwrap();
+    assert_eq!(prepared_temps(dir_b.path()).len(), 1);
+    drop(late);
+    assert!(prepared_temps(dir_b.path()).is_empty());
+    // a's job never came back; a lost job is reported like a failed one.
+    assert!(a.prepare_job().is_none());
+    a.install_prepared(Err(LogError::Config("job lost".into())));
+    // One prepared already: a second is deleted.
+    assert!(run_prepare_job(&mut a));
+    let extra = Prepared {
+        segment: Some(
+            PreparedSegment::create(&prepared_temp_path(dir_a.path()), limits::SEGMENT_BYTES_MIN)
+                .unwrap(),
+        ),
+        instance: a.instance,
+    };
+    a.install_prepared(Ok(extra));
+    assert_eq!(prepared_temps(dir_a.path()).len(), 1);
 }
 
 /// A prepared-segment temporary file of `len` bytes, zero but for `dirt`.
@@ -409,4 +516,25 @@ fn recovery_knows_which_records_a_crashed_writer_may_have_left_unsynced() {
     );
     let recovered = recovery::recover(dir.path(), 1, &listing.segments, 3).unwrap();
     assert_eq!(recovered.proven_lsn, 3, "or the snapshot");
+}
+
+#[test]
+fn taking_over_a_leftover_survives_a_leftover_with_the_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = limits::SEGMENT_BYTES_MIN;
+    let blank = leftover(dir.path(), "seg-prepared-1.tmp", bytes, None);
+    let fresh = prepared_temp_path(dir.path());
+    let dirty = leftover(
+        dir.path(),
+        fresh.file_name().unwrap().to_str().unwrap(),
+        bytes,
+        Some(99),
+    );
+    let taken = PreparedSegment::adopt(dir.path(), &[blank.clone(), dirty], bytes, &fresh)
+        .unwrap()
+        .unwrap();
+    assert!(!blank.exists());
+    assert_eq!(prepared_temps(dir.path()), vec![fresh.clone()]);
+    assert_eq!(std::fs::read(&fresh).unwrap(), vec![0u8; bytes as usize]);
+    drop(taken);
 }
