@@ -5,8 +5,9 @@
 //! It never touches a shard: it reads the process-wide [`metrics`], the
 //! shared shard map, and asks cores through their bounded control inboxes
 //! ([`Control`]); the cores do the work on their own threads. One shard move
-//! runs at a time. A sampler task keeps recent per-shard operation counts for
-//! ops/s and turns the latency windows over.
+//! runs at a time. A sampler task keeps recent per-shard operation counts
+//! and per-core journal counters (for ops/s, barriers/s and journal bytes/s)
+//! and turns the latency windows over.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,9 +17,9 @@ use std::time::Instant;
 use futures_channel::oneshot;
 use reserva_admin_proto::admin::admin_server::{Admin, AdminServer};
 use reserva_admin_proto::admin::{
-    CompactReply, CompactRequest, CoreStatus, HotSku, MoveShardReply, MoveShardRequest,
-    PlannedMove, RebalanceReply, RebalanceRequest, ShardInfo, ShardResult, ShardsReply,
-    ShardsRequest, SnapshotReply, SnapshotRequest, StatusReply, StatusRequest, Totals,
+    CompactReply, CompactRequest, CoreStatus, HotSku, JournalStats, MoveShardReply,
+    MoveShardRequest, PlannedMove, RebalanceReply, RebalanceRequest, ShardInfo, ShardResult,
+    ShardsReply, ShardsRequest, SnapshotReply, SnapshotRequest, StatusReply, StatusRequest, Totals,
 };
 use reserva_engine::ids::ShardId;
 use reserva_engine::limits::SHARD_COUNT;
@@ -31,7 +32,7 @@ use crate::limits::{
     ADMIN_CONCURRENCY_MAX, ADMIN_CORE_TIMEOUT, ADMIN_SHUTDOWN_GRACE, RATE_SAMPLE_INTERVAL,
     RATE_SAMPLES, REBALANCE_MOVES_MAX, REBALANCE_TOLERANCE,
 };
-use crate::metrics::{self, LATENCY_WINDOW};
+use crate::metrics::{self, JournalTotals, LATENCY_WINDOW};
 
 /// What the admin API needs from the node.
 pub struct AdminContext {
@@ -87,7 +88,7 @@ async fn serve(
     };
     let auth = ctx.config.auth.clone().map(Arc::new);
     let state = Arc::new(State {
-        rates: Mutex::new(VecDeque::from([Sample::now()])),
+        rates: Mutex::new(VecDeque::from([Sample::now(ctx.config.cores)])),
         moving: tokio::sync::Mutex::new(()),
         ctx,
     });
@@ -190,19 +191,66 @@ fn check_admin(auth: Option<&AuthTable>, header: Option<&str>) -> Result<(), Sta
     }
 }
 
-/// Per-shard operation counts at one moment.
+/// Per-shard operation counts and per-core journal counters at one moment.
 struct Sample {
     at: Instant,
     ops: Vec<u64>,
+    /// Index = core.
+    journals: Vec<JournalTotals>,
 }
 
 impl Sample {
-    fn now() -> Self {
+    fn now(cores: u16) -> Self {
         let m = metrics::global();
         Sample {
             at: Instant::now(),
             ops: (0..SHARD_COUNT).map(|s| m.shard(s).ops).collect(),
+            journals: (0..cores).map(|c| m.journal_totals(c)).collect(),
         }
+    }
+}
+
+/// Rates over the sampling window, up to now.
+struct Rates {
+    /// Ops/s per shard.
+    ops: Vec<f64>,
+    /// Per core: the journal counters now, barriers/s and bytes/s.
+    journals: Vec<(JournalTotals, f64, f64)>,
+    /// The window's width.
+    window_ms: u64,
+}
+
+/// `(now - then) / secs`, 0 for an empty window.
+fn per_sec(now: u64, then: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        now.saturating_sub(then) as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// One core's journal figures for the admin API.
+fn journal_stats(
+    core: u16,
+    t: JournalTotals,
+    barriers_per_sec: f64,
+    bytes_per_sec: f64,
+) -> JournalStats {
+    JournalStats {
+        core: u32::from(core),
+        frames: t.frames,
+        records: t.records,
+        bytes: t.bytes,
+        barriers: t.barriers,
+        records_per_barrier: if t.barriers == 0 {
+            0.0
+        } else {
+            t.records as f64 / t.barriers as f64
+        },
+        barriers_per_sec,
+        bytes_per_sec,
+        full: t.full,
+        checkpoints: t.checkpoints,
     }
 }
 
@@ -222,7 +270,7 @@ async fn sampler(state: Arc<State>) {
         tick.tick().await;
         {
             let mut rates = state.rates.lock().unwrap_or_else(|p| p.into_inner());
-            rates.push_back(Sample::now());
+            rates.push_back(Sample::now(state.cores()));
             while rates.len() > RATE_SAMPLES {
                 rates.pop_front();
             }
@@ -235,27 +283,49 @@ async fn sampler(state: Arc<State>) {
 }
 
 impl State {
-    /// Ops/s per shard over the sampling window (up to now), and its width in ms.
-    fn rates(&self) -> (Vec<f64>, u64) {
-        let now = Sample::now();
+    /// Ops/s per shard and journal rates per core over the sampling window
+    /// (up to now), and its width in ms.
+    fn rates(&self) -> Rates {
+        let now = Sample::now(self.cores());
         let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(oldest) = rates.front() else {
-            return (vec![0.0; usize::from(SHARD_COUNT)], 0);
+        let (secs, oldest) = match rates.front() {
+            Some(o) => (now.at.duration_since(o.at).as_secs_f64(), o),
+            None => (0.0, &now),
         };
-        let secs = now.at.duration_since(oldest.at).as_secs_f64();
-        let per_shard = now
+        let ops = now
             .ops
             .iter()
             .zip(&oldest.ops)
-            .map(|(n, o)| {
-                if secs > 0.0 {
-                    n.saturating_sub(*o) as f64 / secs
-                } else {
-                    0.0
-                }
+            .map(|(n, o)| per_sec(*n, *o, secs))
+            .collect();
+        let journals = now
+            .journals
+            .iter()
+            .enumerate()
+            .map(|(core, n)| {
+                let o = oldest.journals.get(core).copied().unwrap_or_default();
+                (
+                    *n,
+                    per_sec(n.barriers, o.barriers, secs),
+                    per_sec(n.bytes, o.bytes, secs),
+                )
             })
             .collect();
-        (per_shard, (secs * 1000.0) as u64)
+        Rates {
+            ops,
+            journals,
+            window_ms: (secs * 1000.0) as u64,
+        }
+    }
+
+    /// Every core's journal figures (index = core).
+    fn journals(rates: &Rates) -> Vec<JournalStats> {
+        rates
+            .journals
+            .iter()
+            .enumerate()
+            .map(|(core, (t, barriers, bytes))| journal_stats(core as u16, *t, *barriers, *bytes))
+            .collect()
     }
 
     fn cores(&self) -> u16 {
@@ -485,22 +555,26 @@ impl Admin for Service {
         st.collect().await?;
         let m = metrics::global();
         let map = st.ctx.map.load_full();
-        let (rates, _) = st.rates();
-        let mut cores: Vec<CoreStatus> = map
-            .cores
-            .iter()
-            .map(|c| CoreStatus {
-                core: u32::from(c.core),
-                addr: c.addr.clone(),
-                shards: 0,
-                ops_per_sec: 0.0,
-                queue_depth: 0,
-            })
-            .collect();
+        let rates = st.rates();
+        let journals = State::journals(&rates);
+        let mut cores: Vec<CoreStatus> =
+            map.cores
+                .iter()
+                .map(|c| CoreStatus {
+                    core: u32::from(c.core),
+                    addr: c.addr.clone(),
+                    shards: 0,
+                    ops_per_sec: 0.0,
+                    queue_depth: 0,
+                    journal: Some(journals.get(usize::from(c.core)).copied().unwrap_or_else(
+                        || journal_stats(c.core, JournalTotals::default(), 0.0, 0.0),
+                    )),
+                })
+                .collect();
         for (shard, owner) in map.owners.iter().enumerate() {
             if let Some(c) = cores.get_mut(usize::from(*owner)) {
                 c.shards += 1;
-                c.ops_per_sec += rates.get(shard).copied().unwrap_or(0.0);
+                c.ops_per_sec += rates.ops.get(shard).copied().unwrap_or(0.0);
                 c.queue_depth += m.shard(shard as ShardId).gauges.queue_depth;
             }
         }
@@ -528,6 +602,7 @@ impl Admin for Service {
                 poisoned_shards: t.poisoned_shards,
                 shard_moves: t.shard_moves,
             }),
+            window_ms: rates.window_ms,
         }))
     }
 
@@ -536,7 +611,7 @@ impl Admin for Service {
         let mut hot = st.collect().await?;
         let m = metrics::global();
         let map = st.ctx.map.load_full();
-        let (rates, window_ms) = st.rates();
+        let rates = st.rates();
         let shards = (0..SHARD_COUNT)
             .map(|s| {
                 let sample = m.shard(s);
@@ -544,7 +619,7 @@ impl Admin for Service {
                 ShardInfo {
                     shard: u32::from(s),
                     core: u32::from(map.owner_of(s).unwrap_or(sample.core)),
-                    ops_per_sec: rates.get(usize::from(s)).copied().unwrap_or(0.0),
+                    ops_per_sec: rates.ops.get(usize::from(s)).copied().unwrap_or(0.0),
                     queue_depth: g.queue_depth.min(u64::from(u32::MAX)) as u32,
                     p99_apply_us: m.p99_us(s, 0),
                     p99_commit_us: m.p99_us(s, 1),
@@ -568,7 +643,11 @@ impl Admin for Service {
                 }
             })
             .collect();
-        Ok(Response::new(ShardsReply { shards, window_ms }))
+        Ok(Response::new(ShardsReply {
+            shards,
+            window_ms: rates.window_ms,
+            journals: State::journals(&rates),
+        }))
     }
 
     async fn move_shard(
@@ -590,7 +669,7 @@ impl Admin for Service {
         let st = &self.state;
         let _one_at_a_time = st.moving.lock().await;
         let map = st.ctx.map.load_full();
-        let (rates, _) = st.rates();
+        let rates = st.rates().ops;
         let (moves, after) = plan_rebalance(&rates, &map.owners, st.cores());
         let mut before = vec![0.0; usize::from(st.cores())];
         for (shard, owner) in map.owners.iter().enumerate() {

@@ -17,22 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use reserva_engine::ids::{CheckoutId, OrderId, ShardId};
+use reserva_engine::ids::ShardId;
 use reserva_engine::journal::Journal;
 use reserva_engine::shard::Shard;
-use reserva_engine::sm::{Command, CommerceCommand, CommerceOutcome, Order, Outcome, ShardState};
-use reserva_protocol::limits::LIST_ORDERS_LIMIT_MAX;
-use reserva_protocol::{Op, OpResult, Query, Reply, ShardMap, ShardStats, WireError};
+use reserva_protocol::{Op, OpResult, WireError};
 
 use crate::config::ServerConfig;
 use crate::events::EventRing;
-use crate::limits::{RETRY_AFTER_MS, SCAN_ORDERS_MAX, SHARD_QUEUE_DEPTH_MAX};
+use crate::limits::{RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
 use crate::metrics::{self, Shed};
-use crate::saga::{self, Sagas};
 
 mod checkpoint;
 mod commit;
@@ -41,9 +36,19 @@ use commit::CommitState;
 pub use control::{Control, HotSkus, MoveDone, ShardOutcome};
 use control::{CoreAdmin, TopK};
 
-/// The shard map every core reads on each request; a shard move swaps in a
-/// new version (lock-free for readers).
-pub type SharedMap = Arc<ArcSwap<ShardMap>>;
+pub use crate::placement::SharedMap;
+
+/// What the layer above the rounds decides about requests and answers; the
+/// core calls it without knowing what the work is (the checkout saga
+/// implements it, `saga::Sagas`).
+pub trait AnswerHook: std::any::Any {
+    /// Whether `op` may be applied now; `false` answers `Overloaded` (a bound
+    /// on the long-running work the op would start).
+    fn admits(&self, op: &Op) -> bool;
+    /// Sends `result` to `reply`, or keeps the waiter until the work the
+    /// result started is done.
+    fn deliver(&self, core: &Rc<Core>, reply: Option<oneshot::Sender<OpResult>>, result: OpResult);
+}
 
 /// A request waiting for its shard, with where to send the answer.
 #[derive(Debug)]
@@ -65,17 +70,7 @@ impl Pending {
     }
 }
 
-/// What a request's sender may touch beyond what its role allows everywhere
-/// (see `auth::authorize`); checked against the records on the owning shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Anything (admin, or a node without an auth file).
-    Full,
-    /// A seller: stock changes only on their own SKUs.
-    Seller(String),
-    /// A customer: only their own reservations and orders.
-    Customer(String),
-}
+pub use crate::ops::Scope;
 
 /// A request forwarded from the core that received it to the core that owns its shard.
 #[derive(Debug)]
@@ -117,8 +112,9 @@ pub struct Core {
     checkpoint_tx: LocalSender<()>,
     checkpoint_rx: LocalReceiver<()>,
     stopping: Cell<bool>,
-    /// Checkout drivers and order effect runners of this core.
-    pub sagas: Sagas,
+    /// The layer above the rounds (the checkout saga): admission of work it
+    /// runs, and answers that wait for it.
+    hook: std::cell::OnceCell<Rc<dyn AnswerHook>>,
     me: Weak<Core>,
     /// Admin work: jobs for the committer, shards being moved away.
     admin: CoreAdmin,
@@ -159,7 +155,6 @@ impl Core {
             .collect();
         let (doorbell_tx, doorbell_rx) = local_channel::new_bounded(1);
         let (checkpoint_tx, checkpoint_rx) = local_channel::new_bounded(1);
-        let sagas = Sagas::new(config.checkout.clone());
         Rc::new_cyclic(|me| Core {
             id,
             map,
@@ -174,29 +169,31 @@ impl Core {
             checkpoint_tx,
             checkpoint_rx,
             stopping: Cell::new(false),
-            sagas,
+            hook: std::cell::OnceCell::new(),
             me: me.clone(),
             admin: CoreAdmin::default(),
         })
     }
 
-    /// Checkouts that have not ended and orders with side effects not done,
-    /// on this core's shards.
-    pub fn unfinished_work(&self) -> (Vec<CheckoutId>, Vec<OrderId>) {
-        let slots = self.slots.borrow();
-        let mut checkouts = Vec::new();
-        let mut orders = Vec::new();
-        for slot in slots.values() {
-            let state = slot.shard.state();
-            checkouts.extend(
-                state
-                    .checkouts()
-                    .filter(|c| !c.state.is_terminal())
-                    .map(|c| c.id),
-            );
-            orders.extend(state.orders_with_pending_effects());
+    /// Calls `f` with every shard this core owns (for work the layer above
+    /// resumes at start-up).
+    pub fn for_each_shard(&self, mut f: impl FnMut(&Shard)) {
+        for slot in self.slots.borrow().values() {
+            f(&slot.shard);
         }
-        (checkouts, orders)
+    }
+
+    /// Installs the layer that decides which answers wait for longer work
+    /// (once, at start-up; a second call is ignored).
+    pub fn set_hook(&self, hook: Rc<dyn AnswerHook>) {
+        if self.hook.set(hook).is_err() {
+            tracing::warn!(core = self.id, "an answer hook was already installed");
+        }
+    }
+
+    /// The installed answer hook, if any.
+    pub fn hook(&self) -> Option<&Rc<dyn AnswerHook>> {
+        self.hook.get()
     }
 
     /// Sends `pending` to the core owning `shard` (this one or another).
@@ -275,28 +272,12 @@ impl Core {
         }
     }
 
-    /// Sends one answer: a started checkout answers when its saga ends, an
-    /// order action once its side effects are done; everything else at once.
+    /// Sends one answer, through the answer hook if one is installed (it may
+    /// keep the waiter until the work the answer started is done).
     fn deliver(&self, reply: Option<oneshot::Sender<OpResult>>, r: OpResult) {
-        if let (Some(me), Ok(Reply::Outcome(Outcome::Commerce(o)))) = (self.me.upgrade(), &r) {
-            match &**o {
-                CommerceOutcome::CheckoutStarted { checkout_id } => {
-                    saga::attach_checkout(&me, *checkout_id, reply);
-                    return;
-                }
-                CommerceOutcome::Order { order, return_id }
-                    if order
-                        .fulfilment
-                        .as_ref()
-                        .is_some_and(|f| f.has_pending_effects()) =>
-                {
-                    saga::attach_effects(&me, order.id, *return_id, reply);
-                    return;
-                }
-                _ => {}
-            }
-        }
-        if let Some(tx) = reply {
+        if let (Some(hook), Some(me)) = (self.hook(), self.me.upgrade()) {
+            hook.deliver(&me, reply, r);
+        } else if let Some(tx) = reply {
             // The connection may be gone; its answer is then dropped.
             let _ = tx.send(r);
         }
@@ -358,10 +339,6 @@ impl Core {
     }
 }
 
-fn is_checkout_begin(op: &Op) -> bool {
-    matches!(op, Op::Mutate(r) if matches!(&r.command, Command::Commerce(c) if matches!(**c, CommerceCommand::CheckoutBegin { .. })))
-}
-
 /// Where an answer goes, and the answer.
 type Answer = (Option<oneshot::Sender<OpResult>>, OpResult);
 
@@ -378,244 +355,7 @@ fn fail_mutations(done: &mut [Answer], shard: ShardId, reason: &str) {
     }
 }
 
-/// The command of a mutation that may change a user's cart, wishlist or orders (what
-/// the live-update ring records), cloned before it is applied.
-fn watched_command(op: &Op) -> Option<Command> {
-    match op {
-        Op::Mutate(r) => match &r.command {
-            Command::CartSet { .. }
-            | Command::CartRemove { .. }
-            | Command::CartClear { .. }
-            | Command::CreateOrder { .. }
-            | Command::SetOrderStatus { .. } => Some(r.command.clone()),
-            Command::Commerce(c) => match c.as_ref() {
-                CommerceCommand::Order { .. }
-                | CommerceCommand::ReturnRequest { .. }
-                | CommerceCommand::Return { .. }
-                | CommerceCommand::CheckoutCreateOrder { .. }
-                | CommerceCommand::CheckoutFinish { .. }
-                | CommerceCommand::WishlistSet { .. }
-                | CommerceCommand::WishlistRemove { .. } => Some(r.command.clone()),
-                _ => None,
-            },
-            _ => None,
-        },
-        Op::Query(_) => None,
-    }
-}
-
-/// Runs one operation on a shard at its place in the batch.
-fn execute(core: u16, slot: &mut Slot, op: Op, scope: &Scope, now: u64) -> OpResult {
-    let id = slot.shard.id();
-    if slot.shard.is_poisoned() {
-        return Err(WireError::Unavailable {
-            shard: id,
-            reason: "shard poisoned by a log failure; restart the node".into(),
-        });
-    }
-    owns(slot.shard.state(), &op, scope)?;
-    match op {
-        Op::Query(q) => query(core, slot, q),
-        Op::Mutate(req) => slot
-            .shard
-            .apply(now, req)
-            .map(Reply::Outcome)
-            .map_err(WireError::Engine),
-    }
-}
-
-/// Whether `scope` may run `op`, given the records on the owning shard.
-/// Unknown ids pass, so that they get their usual not-found answer.
-fn owns(state: &ShardState, op: &Op, scope: &Scope) -> Result<(), WireError> {
-    let deny = |reason: &str| {
-        Err(WireError::Unauthorized {
-            reason: reason.into(),
-        })
-    };
-    match scope {
-        Scope::Full => Ok(()),
-        Scope::Seller(seller) => match op {
-            Op::Mutate(r) => match &r.command {
-                Command::Commerce(c) => match &**c {
-                    CommerceCommand::Order { order_id, .. } => {
-                        seller_sells(state.order(*order_id), seller)
-                    }
-                    CommerceCommand::Return { return_id, .. } => {
-                        seller_sells(state.order_of_return(*return_id), seller)
-                    }
-                    _ => Ok(()),
-                },
-                command => seller_owns(state, command, seller),
-            },
-            Op::Query(Query::GetSku { .. } | Query::ShardStats { .. }) => Ok(()),
-            Op::Query(Query::SellerSkus { seller_id, .. }) if seller_id == seller => Ok(()),
-            Op::Query(Query::GetOrder { id }) => seller_sells(state.order(*id), seller),
-            Op::Query(Query::GetReturn { id }) => seller_sells(state.order_of_return(*id), seller),
-            Op::Query(_) => deny("a seller may not read users' carts, checkouts or reservations"),
-        },
-        Scope::Customer(me) => {
-            let reservation = match op {
-                Op::Mutate(r) => match &r.command {
-                    Command::Release { reservation_id } | Command::Confirm { reservation_id } => {
-                        Some(*reservation_id)
-                    }
-                    _ => None,
-                },
-                Op::Query(Query::GetReservation { id }) => Some(*id),
-                Op::Query(_) => None,
-            };
-            if let Some(r) = reservation.and_then(|id| state.reservation(id))
-                && r.owner != *me
-            {
-                return deny("the reservation belongs to another user");
-            }
-            let order = match op {
-                Op::Query(Query::GetOrder { id }) => state.order(*id),
-                Op::Query(Query::GetReturn { id }) => state.order_of_return(*id),
-                Op::Mutate(r) => match &r.command {
-                    Command::Commerce(c) => match &**c {
-                        CommerceCommand::Order { order_id, .. }
-                        | CommerceCommand::ReturnRequest { order_id, .. } => state.order(*order_id),
-                        _ => None,
-                    },
-                    _ => None,
-                },
-                Op::Query(_) => None,
-            };
-            if order.is_some_and(|o| o.user_id != *me) {
-                return deny("the order belongs to another user");
-            }
-            if let Op::Query(Query::GetCheckout { id }) = op
-                && state.checkout(*id).is_some_and(|c| c.user_id != *me)
-            {
-                return deny("the checkout belongs to another user");
-            }
-            Ok(())
-        }
-    }
-}
-
-/// A seller may read and fulfil only orders that contain their SKUs.
-fn seller_sells(order: Option<&Order>, seller: &str) -> Result<(), WireError> {
-    match order {
-        Some(o)
-            if !o
-                .fulfilment
-                .as_ref()
-                .is_some_and(|f| f.sellers.iter().any(|s| s == seller)) =>
-        {
-            Err(WireError::Unauthorized {
-                reason: "the order contains no SKU of this seller".into(),
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A seller may only change stock of SKUs that are theirs.
-fn seller_owns(state: &ShardState, command: &Command, seller: &str) -> Result<(), WireError> {
-    let sku = match command {
-        Command::UpsertSku { sku, .. }
-        | Command::SetStock { sku, .. }
-        | Command::AdjustStock { sku, .. }
-        | Command::Restock { sku, .. } => sku,
-        _ => return Ok(()),
-    };
-    match state.sku(sku) {
-        Some(s) if s.seller_id != seller => Err(WireError::Unauthorized {
-            reason: format!("sku {sku:?} belongs to another seller"),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn query(core: u16, slot: &Slot, q: Query) -> OpResult {
-    let state = slot.shard.state();
-    let not_found = |what: &str, id: String| WireError::NotFound {
-        what: what.into(),
-        id,
-    };
-    match q {
-        Query::GetSku { sku } => state
-            .sku(&sku)
-            .cloned()
-            .map(Reply::Sku)
-            .ok_or_else(|| not_found("sku", sku)),
-        Query::GetReservation { id } => state
-            .reservation(id)
-            .cloned()
-            .map(Reply::Reservation)
-            .ok_or_else(|| not_found("reservation", id.to_string())),
-        Query::GetOrder { id } => state
-            .order(id)
-            .cloned()
-            .map(Reply::Order)
-            .ok_or_else(|| not_found("order", id.to_string())),
-        Query::ListOrders {
-            user_id,
-            after,
-            limit,
-        } => {
-            if limit == 0 || limit > LIST_ORDERS_LIMIT_MAX {
-                return Err(WireError::invalid(format!(
-                    "limit must be in 1..={LIST_ORDERS_LIMIT_MAX}"
-                )));
-            }
-            let mut iter = state
-                .orders_of(&user_id)
-                .skip_while(|o| after.is_some_and(|a| o.id <= a))
-                .peekable();
-            let orders: Vec<_> = iter.by_ref().take(limit as usize).cloned().collect();
-            let next = if iter.peek().is_some() {
-                orders.last().map(|o| o.id)
-            } else {
-                None
-            };
-            Ok(Reply::Orders { orders, next })
-        }
-        Query::GetCart { user_id } => Ok(Reply::Cart(state.cart(&user_id).to_vec())),
-        Query::GetWishlist { user_id } => Ok(Reply::Wishlist(state.wishlist(&user_id).to_vec())),
-        Query::GetCheckout { id } => state
-            .checkout(id)
-            .map(|c| Reply::Checkout(Box::new(c.clone())))
-            .ok_or_else(|| not_found("checkout", id.to_string())),
-        Query::GetCredit { user_id } => Ok(Reply::Credit(state.credit_account(&user_id).cloned())),
-        Query::GetReturn { id } => state
-            .order_of_return(id)
-            .cloned()
-            .map(Reply::Order)
-            .ok_or_else(|| not_found("return", id.to_string())),
-        Query::ShardStats { shard } => {
-            let (skus, reservations, orders, idem) = state.counts();
-            Ok(Reply::ShardStats(ShardStats {
-                shard,
-                core,
-                lsn: slot.shard.last_lsn(),
-                durable_lsn: slot.shard.durable_lsn(),
-                clock_ms: state.clock_ms(),
-                queue_depth: slot.queue.len() as u32,
-                skus: skus as u64,
-                reservations: reservations as u64,
-                orders: orders as u64,
-                idempotency_records: idem as u64,
-            }))
-        }
-        Query::SellerSkus { .. }
-        | Query::SellerOrders { .. }
-        | Query::SellerAnalytics { .. }
-        | Query::UserEvents { .. } => crate::listings::answer(slot_view(slot), q),
-    }
-}
-
 /// Whether `shutdown` was requested.
 pub fn shutdown_requested(flag: &AtomicBool) -> bool {
     flag.load(Ordering::Relaxed)
-}
-
-fn slot_view(slot: &Slot) -> crate::listings::ShardView<'_> {
-    crate::listings::ShardView {
-        state: slot.shard.state(),
-        events: &slot.events,
-        scan_orders_max: SCAN_ORDERS_MAX,
-    }
 }

@@ -8,7 +8,6 @@
 //! forwarded over a bounded inbox.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -17,42 +16,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
-use reserva_engine::ids::ShardId;
 use reserva_engine::journal::Journal;
 use reserva_engine::limits::SHARD_COUNT;
-use reserva_engine::log::LogConfig;
-use reserva_engine::shard::{Shard, ShardConfig};
+use reserva_engine::shard::Shard;
 use reserva_protocol::{CoreEndpoint, ShardMap};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{FsyncMode, ServerConfig};
 use crate::core::{Control, Core, Forwarded, SharedMap, shutdown_requested};
+use crate::layout::{journal_root, shard_config, shard_dir};
 use crate::limits::{
     CONNECTIONS_PER_CORE_MAX, CONTROL_QUEUE_MAX, EFFECT_SWEEP_INTERVAL, FORWARD_QUEUE_MAX,
     SHUTDOWN_POLL, SYNC_THREADS_PER_CORE, TICK_INTERVAL,
 };
 use crate::metrics::{self, GAUGE_PUBLISH_INTERVAL};
-
-/// The directory of one shard.
-pub fn shard_dir(data: &std::path::Path, shard: ShardId) -> PathBuf {
-    data.join("shards").join(format!("{shard:03}"))
-}
-
-/// How a shard's log and snapshots are configured on this node.
-pub fn shard_config(config: &ServerConfig) -> ShardConfig {
-    ShardConfig {
-        log: LogConfig {
-            segment_bytes: config.segment_bytes,
-            ..LogConfig::default()
-        },
-        snapshot_every_records: config.snapshot_every_records,
-    }
-}
-
-/// The directory holding every core's commit journal.
-pub fn journal_root(data: &std::path::Path) -> PathBuf {
-    data.join(reserva_engine::journal::JOURNAL_DIR_NAME)
-}
 
 /// Merges every core's commit journal (of any earlier core count and shard
 /// placement) into the shards' own logs before any core opens a shard.
@@ -340,6 +317,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         ctx.peers,
         journal,
     );
+    crate::saga::install(&core, ctx.config.checkout.clone());
     let committer = glommio::spawn_local(core.clone().run_committer());
     glommio::spawn_local(core.clone().run_checkpointer()).detach();
     glommio::spawn_local(core.clone().run_inbox(ctx.inbox)).detach();

@@ -15,7 +15,9 @@ use reserva_engine::ids::ShardId;
 use reserva_engine::limits::SHARD_COUNT;
 use serde::{Deserialize, Serialize};
 
-use crate::core::SharedMap;
+/// The shard map every core reads on each request; a shard move swaps in a
+/// new version (lock-free for readers).
+pub type SharedMap = std::sync::Arc<arc_swap::ArcSwap<reserva_protocol::ShardMap>>;
 
 /// The placement file's name in the data directory.
 pub const SHARD_MAP_FILE: &str = "shard-map.toml";

@@ -31,7 +31,7 @@ use reserva_engine::sm::{
 use reserva_protocol::{Op, OpResult, Query, Reply, WireError};
 
 use crate::checkout_config::{CheckoutConfig, delivery_days, distance_km};
-use crate::core::{Core, Pending, Scope, now_ms};
+use crate::core::{AnswerHook, Core, Pending, Scope, now_ms};
 use crate::limits::{
     EFFECT_RUNNERS_PER_CORE_MAX, SAGA_BACKOFF_FIRST, SAGA_BACKOFF_MAX, SAGA_CALL_ATTEMPTS,
     SAGA_STEP_FAILURES_MAX, SAGA_WAITERS_MAX, SAGAS_PER_CORE_MAX,
@@ -90,9 +90,78 @@ impl Sagas {
     }
 }
 
+impl AnswerHook for Sagas {
+    fn admits(&self, op: &Op) -> bool {
+        !is_checkout_begin(op) || self.admits_checkout()
+    }
+
+    /// A started checkout answers when its saga ends, an order action once
+    /// its side effects are done; everything else at once.
+    fn deliver(&self, core: &Rc<Core>, reply: Option<Waiter>, result: OpResult) {
+        if let Ok(Reply::Outcome(Outcome::Commerce(o))) = &result {
+            match &**o {
+                CommerceOutcome::CheckoutStarted { checkout_id } => {
+                    attach_checkout(core, *checkout_id, reply);
+                    return;
+                }
+                CommerceOutcome::Order { order, return_id }
+                    if order
+                        .fulfilment
+                        .as_ref()
+                        .is_some_and(|f| f.has_pending_effects()) =>
+                {
+                    attach_effects(core, order.id, *return_id, reply);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if let Some(tx) = reply {
+            // The connection may be gone; its answer is then dropped.
+            let _ = tx.send(result);
+        }
+    }
+}
+
+fn is_checkout_begin(op: &Op) -> bool {
+    matches!(op, Op::Mutate(r) if matches!(&r.command, Command::Commerce(c) if matches!(**c, CommerceCommand::CheckoutBegin { .. })))
+}
+
+/// Installs the checkout drivers of `core` as its answer hook.
+pub fn install(core: &Core, config: CheckoutConfig) {
+    core.set_hook(Rc::new(Sagas::new(config)));
+}
+
+/// The checkout drivers of `core` (installed at start-up by [`install`]).
+fn sagas(core: &Core) -> &Sagas {
+    let hook: &dyn std::any::Any = &**core
+        .hook()
+        .expect("the checkout drivers are installed before any request is served");
+    hook.downcast_ref::<Sagas>()
+        .expect("the answer hook of a core is the checkout drivers")
+}
+
+/// Checkouts that have not ended and orders with side effects not done, on
+/// the shards `core` owns.
+fn unfinished_work(core: &Core) -> (Vec<CheckoutId>, Vec<OrderId>) {
+    let mut checkouts = Vec::new();
+    let mut orders = Vec::new();
+    core.for_each_shard(|shard| {
+        let state = shard.state();
+        checkouts.extend(
+            state
+                .checkouts()
+                .filter(|c| !c.state.is_terminal())
+                .map(|c| c.id),
+        );
+        orders.extend(state.orders_with_pending_effects());
+    });
+    (checkouts, orders)
+}
+
 /// Makes `reply` wait for the end of checkout `id`, starting its driver if none runs.
 pub fn attach_checkout(core: &Rc<Core>, id: CheckoutId, reply: Option<Waiter>) {
-    let mut running = core.sagas.checkouts.borrow_mut();
+    let mut running = sagas(core).checkouts.borrow_mut();
     if let Some(waiters) = running.get_mut(&id) {
         if let Some(tx) = reply {
             if waiters.len() >= SAGA_WAITERS_MAX {
@@ -110,8 +179,7 @@ pub fn attach_checkout(core: &Rc<Core>, id: CheckoutId, reply: Option<Waiter>) {
     let core = core.clone();
     glommio::spawn_local(async move {
         let result = drive(&core, id).await;
-        let waiters = core
-            .sagas
+        let waiters = sagas(&core)
             .checkouts
             .borrow_mut()
             .remove(&id)
@@ -131,7 +199,7 @@ pub fn attach_effects(
     return_id: Option<ReturnId>,
     reply: Option<Waiter>,
 ) {
-    let mut running = core.sagas.effects.borrow_mut();
+    let mut running = sagas(core).effects.borrow_mut();
     if let Some(waiters) = running.get_mut(&id) {
         if let Some(tx) = reply {
             if waiters.len() >= SAGA_WAITERS_MAX {
@@ -159,8 +227,7 @@ pub fn attach_effects(
     let core = core.clone();
     glommio::spawn_local(async move {
         let result = run_effects(&core, id).await;
-        let waiters = core
-            .sagas
+        let waiters = sagas(&core)
             .effects
             .borrow_mut()
             .remove(&id)
@@ -181,7 +248,7 @@ pub fn attach_effects(
 /// Resumes every checkout that has not ended and every order with side
 /// effects not done, on the shards this core owns.
 pub fn resume(core: &Rc<Core>) {
-    let (checkouts, orders) = core.unfinished_work();
+    let (checkouts, orders) = unfinished_work(core);
     if !checkouts.is_empty() || !orders.is_empty() {
         tracing::info!(
             core = core.id,
@@ -280,13 +347,12 @@ async fn drive(core: &Rc<Core>, id: CheckoutId) -> OpResult {
         if c.state.is_terminal() {
             return final_answer(c);
         }
-        core.sagas
-            .failpoint(&format!("checkout.{}", c.state.as_str()));
+        sagas(core).failpoint(&format!("checkout.{}", c.state.as_str()));
         let step = match c.state {
             CheckoutState::Started => reserve(core, &c).await,
             CheckoutState::Reserved => score(core, &c).await,
             CheckoutState::Scored => authorize(core, &c).await,
-            CheckoutState::Authorized => Ok(create_order(&core.sagas.config, &c)),
+            CheckoutState::Authorized => Ok(create_order(&sagas(core).config, &c)),
             CheckoutState::OrderCreated => confirm(core, &c).await,
             CheckoutState::StockConfirmed => capture(core, &c).await,
             CheckoutState::Compensating => compensate(core, &c).await,
@@ -417,7 +483,7 @@ async fn reserve(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireError
             lines,
         });
     }
-    let preference = warehouse_preference(&core.sagas.config, &c.ship_to, &skus, &lines);
+    let preference = warehouse_preference(&sagas(core).config, &c.ship_to, &skus, &lines);
     let mut groups: BTreeMap<ShardId, Vec<ReserveLine>> = BTreeMap::new();
     for line in &lines {
         groups
@@ -521,7 +587,7 @@ fn distance_to(config: &CheckoutConfig, to: &Address, warehouse: &str) -> Option
 
 /// Step 2: count the card's use on its shard, then score on the user's shard.
 async fn score(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireError> {
-    let rules = core.sagas.config.fraud.clone();
+    let rules = sagas(core).config.fraud.clone();
     let card_uses = match &c.payment.method {
         PaymentMethod::Card { fingerprint, .. } => {
             let op = commerce(
@@ -576,9 +642,9 @@ async fn authorize(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireErr
     let auth_ref = match &c.payment.method {
         PaymentMethod::Card { token, .. } => {
             let key = format!("{}:auth", c.id);
-            let attempts = core.sagas.config.payment_attempts;
+            let attempts = sagas(core).config.payment_attempts;
             match with_attempts(core, attempts, || {
-                core.sagas.cards.authorize(&key, token, c.payment.amount)
+                sagas(core).cards.authorize(&key, token, c.payment.amount)
             })
             .await
             {
@@ -604,7 +670,7 @@ async fn authorize(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireErr
         }
         PaymentMethod::StoreCredit | PaymentMethod::CashOnDelivery => String::new(),
     };
-    core.sagas.failpoint("checkout.provider_authorized");
+    sagas(core).failpoint("checkout.provider_authorized");
     Ok(CommerceCommand::CheckoutAuthorized {
         checkout_id: c.id,
         auth_ref,
@@ -671,9 +737,9 @@ async fn capture(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireError
         .is_some_and(|f| f.decision == FraudDecision::Review);
     if !review && matches!(c.payment.method, PaymentMethod::Card { .. }) {
         let key = format!("{}:capture", c.id);
-        let attempts = core.sagas.config.payment_attempts;
+        let attempts = sagas(core).config.payment_attempts;
         with_attempts(core, attempts, || {
-            core.sagas
+            sagas(core)
                 .cards
                 .capture(&key, &c.payment.auth_ref, c.payment.amount.amount_minor)
         })
@@ -682,7 +748,7 @@ async fn capture(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireError
             shard: c.id.shard(),
             reason: format!("capture failed: {e:?}"),
         })?;
-        core.sagas.failpoint("checkout.provider_captured");
+        sagas(core).failpoint("checkout.provider_captured");
     }
     Ok(CommerceCommand::CheckoutFinish { checkout_id: c.id })
 }
@@ -694,16 +760,16 @@ async fn compensate(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireEr
         && matches!(c.payment.status, PaymentStatus::Authorized);
     if card_touched {
         let key = format!("{}:void", c.id);
-        let attempts = core.sagas.config.payment_attempts;
+        let attempts = sagas(core).config.payment_attempts;
         with_attempts(core, attempts, || {
-            core.sagas.cards.void(&key, &c.payment.auth_ref)
+            sagas(core).cards.void(&key, &c.payment.auth_ref)
         })
         .await
         .map_err(|e| WireError::Unavailable {
             shard: c.id.shard(),
             reason: format!("void failed: {e:?}"),
         })?;
-        core.sagas.failpoint("checkout.provider_voided");
+        sagas(core).failpoint("checkout.provider_voided");
     }
     for h in &c.holds {
         release_or_restock(core, c.id, h).await?;
@@ -770,7 +836,7 @@ async fn run_effects(core: &Rc<Core>, id: OrderId) -> Result<Order, WireError> {
         return Ok(order);
     };
     let auth_ref = f.payment.auth_ref.clone();
-    let attempts = core.sagas.config.payment_attempts;
+    let attempts = sagas(core).config.payment_attempts;
     for effect in f.effects.iter().filter(|e| !e.done) {
         let key = effect.key(id);
         let done = match &effect.kind {
@@ -802,18 +868,18 @@ async fn run_effects(core: &Rc<Core>, id: OrderId) -> Result<Order, WireError> {
             EffectKind::CardCapture { amount_minor } => provider_done(
                 id,
                 with_attempts(core, attempts, || {
-                    core.sagas.cards.capture(&key, &auth_ref, *amount_minor)
+                    sagas(core).cards.capture(&key, &auth_ref, *amount_minor)
                 })
                 .await,
             ),
             EffectKind::CardVoid => provider_done(
                 id,
-                with_attempts(core, attempts, || core.sagas.cards.void(&key, &auth_ref)).await,
+                with_attempts(core, attempts, || sagas(core).cards.void(&key, &auth_ref)).await,
             ),
             EffectKind::CardRefund { amount_minor } => provider_done(
                 id,
                 with_attempts(core, attempts, || {
-                    core.sagas.cards.refund(&key, &auth_ref, *amount_minor)
+                    sagas(core).cards.refund(&key, &auth_ref, *amount_minor)
                 })
                 .await,
             ),
@@ -858,7 +924,7 @@ fn provider_done(order: OrderId, r: Result<(), PaymentError>) -> bool {
 pub async fn sweep(core: Rc<Core>, every: Duration) {
     while !core.is_stopping() {
         glommio::timer::sleep(every).await;
-        let (_, orders) = core.unfinished_work();
+        let (_, orders) = unfinished_work(&core);
         for id in orders {
             attach_effects(&core, id, None, None);
         }

@@ -30,10 +30,11 @@ use reserva_engine::shard::Staged;
 use reserva_engine::sm::Command;
 use reserva_protocol::{Op, Reply, WireError};
 
-use super::{Answer, Core, Pending, execute, fail_mutations, is_checkout_begin, watched_command};
+use super::{Answer, Core, Pending, fail_mutations};
 use crate::config::FsyncMode;
 use crate::limits::{COMMIT_BATCH_MAX, RETRY_AFTER_MS};
 use crate::metrics;
+use crate::ops::{ShardCtx, execute, watched_command};
 
 /// What one shard contributed to a batch.
 struct ShardPart {
@@ -125,6 +126,7 @@ impl Core {
         batch.started.get_or_insert_with(Instant::now);
         let mut slots = self.slots.borrow_mut();
         let m = metrics::global();
+        let hook = self.hook();
         for id in round {
             let Some(slot) = slots.get_mut(&id) else {
                 continue;
@@ -146,7 +148,7 @@ impl Core {
                 let Some(Pending { op, scope, reply }) = slot.queue.pop_front() else {
                     break;
                 };
-                if is_checkout_begin(&op) && !self.sagas.admits_checkout() {
+                if hook.as_ref().is_some_and(|h| !h.admits(&op)) {
                     answers.push((
                         reply,
                         Err(WireError::Overloaded {
@@ -162,7 +164,13 @@ impl Core {
                 let label = metrics::op_label(&op);
                 let watched = watched_command(&op);
                 let before = slot.shard.staged_lsn();
-                let result = execute(self.id, slot, op, &scope, now);
+                let ctx = ShardCtx {
+                    core: self.id,
+                    shard: &mut slot.shard,
+                    events: &slot.events,
+                    queue_depth: slot.queue.len(),
+                };
+                let result = execute(ctx, op, &scope, now);
                 m.record_op(id, label, &result);
                 if let (Some(command), Ok(Reply::Outcome(outcome))) = (&watched, &result) {
                     let seq = slot.shard.staged_lsn();

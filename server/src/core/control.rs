@@ -41,9 +41,9 @@ use reserva_protocol::{Op, Query, WireError};
 
 use super::{Core, Forwarded, Pending, Slot};
 use crate::events::EventRing;
+use crate::layout::{shard_config, shard_dir};
 use crate::limits::{HOT_SKUS_REPORTED, HOT_SKUS_TRACKED, RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
 use crate::metrics::{self, ShardGauges, Shed};
-use crate::node::{shard_config, shard_dir};
 
 /// The most requested SKUs of one shard, hottest first, with their hits.
 pub type HotSkus = Vec<(String, u64)>;
