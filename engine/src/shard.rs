@@ -330,6 +330,21 @@ impl Shard {
         Ok(records.len())
     }
 
+    /// A job that prepares the log's next segment off this thread, when one
+    /// is due (see `Log::prepare_job`); hand its result to
+    /// [`Shard::install_prepared`].
+    pub fn prepare_job(&mut self) -> Option<crate::log::PrepareJob> {
+        self.log.prepare_job()
+    }
+
+    /// Takes a prepared next segment (see `Log::install_prepared`).
+    pub fn install_prepared(
+        &mut self,
+        result: Result<crate::log::Prepared, crate::log::LogError>,
+    ) {
+        self.log.install_prepared(result);
+    }
+
     /// Whether records applied to the state have not all reached the log
     /// yet (staged, or waiting for a journal barrier).
     pub fn has_records_in_flight(&self) -> bool {

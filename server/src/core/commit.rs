@@ -300,6 +300,22 @@ impl Core {
         .detach();
     }
 
+    /// Prepares a shard's next log segment on the blocking pool (allocation,
+    /// zero fill, fsync, pre-faulted mapping), so that rollover costs a
+    /// rename on this thread.
+    fn spawn_prepare(&self, id: ShardId, job: reserva_engine::log::PrepareJob) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        glommio::spawn_local(async move {
+            let prepared = glommio::executor().spawn_blocking(move || job.run()).await;
+            if let Some(slot) = me.slots.borrow_mut().get_mut(&id) {
+                slot.shard.install_prepared(prepared);
+            }
+        })
+        .detach();
+    }
+
     /// Completes the in-flight batch if its write has returned.
     fn take_finished_write(&self) -> bool {
         let mut commit = self.commit.borrow_mut();
@@ -352,6 +368,9 @@ impl Core {
                             if never {
                                 fail_mutations(&mut answers, id, &e.to_string());
                             }
+                        }
+                        if let Some(job) = slot.shard.prepare_job() {
+                            self.spawn_prepare(id, job);
                         }
                         if slot.shard.snapshot_due() && !slot.shard.has_records_in_flight() {
                             snapshot(slot);
