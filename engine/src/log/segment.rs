@@ -100,7 +100,7 @@ impl PreparedSegment {
             .map_err(|e| LogError::io("create", path, e))?;
         let result = Self::fill(path, file, segment_bytes);
         if result.is_err() {
-            // Best effort: leftovers are also deleted at the next open.
+            // Best effort: the next open deletes (or checks) leftovers too.
             let _ = std::fs::remove_file(path);
         }
         result
