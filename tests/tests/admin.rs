@@ -1,5 +1,6 @@
 //! Black-box tests of the admin API through the `reserva` CLI against real
-//! `reserva-server` processes: every command, credentials, `/metrics`, a
+//! `reserva-server` processes: every command (with the per-core journal
+//! figures), credentials, `/metrics`, a
 //! shard move under concurrent load that loses and duplicates nothing, and
 //! `verify` finding damage in copied data directories.
 
@@ -82,6 +83,46 @@ async fn every_command_answers_against_a_real_node() {
     assert_eq!(status["totals"]["reservations_live"], 20);
     let table = ok(server.cli(&["status"]));
     assert!(table.contains("shard map   version 1"), "{table}");
+    // The commit journal per core: every figure present; under --fsync
+    // always the writes above took barriers, each making records durable.
+    for core in status["cores"].as_array().unwrap() {
+        let j = &core["journal"];
+        for field in [
+            "frames",
+            "records",
+            "bytes",
+            "barriers",
+            "records_per_barrier",
+            "barriers_per_sec",
+            "bytes_per_sec",
+            "full",
+            "checkpoints",
+        ] {
+            assert!(j[field].is_number(), "journal.{field} missing: {core}");
+        }
+        assert_eq!(j["core"], core["core"], "{core}");
+        let (records, barriers) = (
+            j["records"].as_u64().unwrap(),
+            j["barriers"].as_u64().unwrap(),
+        );
+        assert!(records >= barriers, "{core}");
+        assert!(j["frames"].as_u64().unwrap() >= barriers, "{core}");
+    }
+    // Shard 9 is on core 1: 22 writes there.
+    let j1 = &status["cores"][1]["journal"];
+    assert!(j1["barriers"].as_u64().unwrap() > 0, "{status}");
+    assert!(j1["records"].as_u64().unwrap() >= 22, "{status}");
+    assert!(j1["bytes"].as_u64().unwrap() > 0, "{status}");
+    assert!(
+        j1["records_per_barrier"].as_f64().unwrap() >= 1.0,
+        "{status}"
+    );
+    if status["uptime_ms"].as_u64().unwrap() < 9_000 {
+        // The writes are still inside the rate window.
+        assert!(j1["barriers_per_sec"].as_f64().unwrap() > 0.0, "{status}");
+    }
+    assert!(table.contains("records/barrier"), "{table}");
+    assert!(table.contains("barriers/s"), "{table}");
 
     let shards = json(server.cli(&["--output", "json", "shards"]));
     let rows = shards["shards"].as_array().unwrap();
@@ -92,10 +133,20 @@ async fn every_command_answers_against_a_real_node() {
     assert_eq!(nine["hot_skus"][0]["sku"], hot.as_str());
     assert!(nine["lsn"].as_u64().unwrap() >= 22);
     assert!(nine["p99_commit_us"].as_u64().unwrap() > 0, "{nine}");
+    let journals = shards["journals"].as_array().unwrap();
+    assert_eq!(journals.len(), 2, "{shards}");
+    assert!(journals[1]["bytes"].as_u64().unwrap() > 0, "{shards}");
+    assert!(journals[1]["barriers_per_sec"].is_number(), "{shards}");
     let sorted = ok(server.cli(&["shards", "--sort", "hot", "--limit", "3"]));
-    let first_row = sorted.lines().nth(1).unwrap();
+    let mut lines = sorted.lines();
+    let journal_line = lines.next().unwrap();
+    assert!(
+        journal_line.starts_with("journal  core 0: ") && journal_line.contains("barriers/s"),
+        "{sorted}"
+    );
+    let first_row = lines.nth(1).unwrap();
     assert!(first_row.trim_start().starts_with("9 "), "{sorted}");
-    assert_eq!(sorted.lines().count(), 4, "{sorted}");
+    assert_eq!(sorted.lines().count(), 5, "{sorted}");
     for key in ["ops", "queue", "log"] {
         ok(server.cli(&["shards", "--sort", key]));
     }
@@ -147,6 +198,7 @@ async fn every_command_answers_against_a_real_node() {
         "reserva_reservations_live 20",
         "reserva_shed_total{queue=\"shard\"}",
         "reserva_errors_total{error=\"insufficient_stock\"}",
+        "reserva_journal_barriers_total{core=\"1\"}",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }

@@ -116,7 +116,66 @@ pub fn status(s: &proto::StatusReply) -> String {
         })
         .collect();
     out.push_str(&table(&["core", "shards", "ops/s", "queue", "addr"], &rows));
+    let journals: Vec<proto::JournalStats> = s.cores.iter().filter_map(|c| c.journal).collect();
+    if !journals.is_empty() {
+        out.push('\n');
+        out.push_str(&journal_table(&journals));
+    }
     out
+}
+
+/// The commit journal of every core: counters since start, and rates over
+/// the admin API's window.
+pub fn journal_table(journals: &[proto::JournalStats]) -> String {
+    let rows: Vec<Vec<String>> = journals
+        .iter()
+        .map(|j| {
+            vec![
+                j.core.to_string(),
+                j.frames.to_string(),
+                j.records.to_string(),
+                bytes(j.bytes),
+                j.barriers.to_string(),
+                format!("{:.1}", j.records_per_barrier),
+                format!("{:.1}", j.barriers_per_sec),
+                format!("{}/s", bytes(j.bytes_per_sec as u64)),
+                j.full.to_string(),
+                j.checkpoints.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "journal",
+            "frames",
+            "records",
+            "bytes",
+            "barriers",
+            "records/barrier",
+            "barriers/s",
+            "write rate",
+            "full",
+            "checkpoints",
+        ],
+        &rows,
+    )
+}
+
+/// `reserva shards` / `reserva top`: one line with every core's journal
+/// (bytes written, barriers/s).
+pub fn journal_line(journals: &[proto::JournalStats]) -> String {
+    let cores: Vec<String> = journals
+        .iter()
+        .map(|j| {
+            format!(
+                "core {}: {} written, {:.1} barriers/s",
+                j.core,
+                bytes(j.bytes),
+                j.barriers_per_sec
+            )
+        })
+        .collect();
+    format!("journal  {}\n", cores.join(" | "))
 }
 
 /// How `reserva shards` sorts.
@@ -305,13 +364,59 @@ pub fn verify(r: &VerifyReport) -> String {
             w.detail
         );
     }
+    for j in &r.journals {
+        let _ = writeln!(
+            out,
+            "journal {}: {}",
+            j.dir.display(),
+            if j.readable {
+                format!(
+                    "{} segments, {} frames, {} records{}",
+                    j.segments,
+                    j.frames,
+                    j.records,
+                    if j.torn.is_some() {
+                        ", a torn last frame ignored"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                "unreadable (see the faults)".to_string()
+            }
+        );
+    }
+    let pending: Vec<String> = r
+        .shards
+        .iter()
+        .filter(|s| s.journal_pending > 0)
+        .map(|s| format!("shard {}: {}", s.shard, s.journal_pending))
+        .collect();
+    if !pending.is_empty() {
+        const LISTED: usize = 16;
+        let more = pending.len().saturating_sub(LISTED);
+        let _ = writeln!(
+            out,
+            "journal records the next start appends to shard logs: {} in {} shards ({}{})",
+            r.journal_pending(),
+            pending.len(),
+            pending[..pending.len().min(LISTED)].join(", "),
+            if more > 0 {
+                format!(", and {more} more shards")
+            } else {
+                String::new()
+            }
+        );
+    }
     let _ = writeln!(
         out,
-        "{}: {} shards, {} records replayed, {} snapshots checked against the log, {} faults, {} warnings",
+        "{}: {} shards, {} records replayed, {} snapshots checked against the log, {} journals, {} journal records pending, {} faults, {} warnings",
         if r.is_ok() { "OK" } else { "FAILED" },
         r.shards.len(),
         records,
         matched,
+        r.journals.len(),
+        r.journal_pending(),
         r.faults.len(),
         r.warnings.len()
     );
@@ -324,6 +429,19 @@ pub fn verify_json(r: &VerifyReport) -> serde_json::Value {
     json!({
         "ok": r.is_ok(),
         "data_dir": r.data_dir.display().to_string(),
+        "journal_pending": r.journal_pending(),
+        "journals": r.journals.iter().map(|j| json!({
+            "dir": j.dir.display().to_string(),
+            "readable": j.readable,
+            "segments": j.segments,
+            "frames": j.frames,
+            "records": j.records,
+            "torn": j.torn.as_ref().map(|t| json!({
+                "segment": t.segment.display().to_string(),
+                "offset": t.offset,
+                "reason": t.reason,
+            })),
+        })).collect::<Vec<_>>(),
         "faults": r.faults.iter().map(|f| json!({
             "kind": f.kind.name(),
             "shard": f.shard,
@@ -347,6 +465,8 @@ pub fn verify_json(r: &VerifyReport) -> serde_json::Value {
             "replayed_from": s.replayed_from,
             "records_replayed": s.records_replayed,
             "snapshots_matched": s.snapshots_matched,
+            "journal_records": s.journal_records,
+            "journal_pending": s.journal_pending,
             "checksum": format!("{:016x}", s.checksum),
         })).collect::<Vec<_>>(),
     })

@@ -41,10 +41,13 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Node, uptime, version, cores, shards per core, recovery time, durability mode, totals.
+    /// Node, uptime, version, cores, shards per core, recovery time,
+    /// durability mode, totals, and per core the commit journal (frames,
+    /// records, bytes, barriers, records per barrier, barriers/s, full, checkpoints).
     Status,
-    /// One row per shard: owner core, ops/s, queue depth, p99 apply and
-    /// commit latency, log bytes, LSN, last snapshot, live reservations, hot SKUs.
+    /// Every core's journal bytes and barriers/s, then one row per shard:
+    /// owner core, ops/s, queue depth, p99 apply and commit latency, log
+    /// bytes, LSN, last snapshot, live reservations, hot SKUs.
     Shards {
         /// Sort by (largest first); default: by shard number.
         #[arg(long, value_enum)]
@@ -78,7 +81,9 @@ enum Cmd {
         shards: Vec<u32>,
     },
     /// Check a data directory offline and read-only: every record checksum,
-    /// LSN order, snapshot/log agreement and replay invariants.
+    /// LSN order, snapshot/log agreement, the commit journals (corruption,
+    /// gaps, agreement with the shard logs, records the next start appends)
+    /// and replay invariants.
     Verify {
         /// The data directory (`reserva-server --data`), best a stopped node's or a copy.
         #[arg(long)]
@@ -180,6 +185,7 @@ async fn run(cli: Cli) -> Result<bool, AdminError> {
             if json {
                 print_json(&reply)?
             } else {
+                print!("{}", view::journal_line(&reply.journals));
                 print!("{}", view::shards(&reply.shards))
             }
         }
@@ -252,8 +258,11 @@ async fn top(
                 .iter()
                 .map(|c| {
                     format!(
-                        "core {}: {:.0} ops/s q {}",
-                        c.core, c.ops_per_sec, c.queue_depth
+                        "core {}: {:.0} ops/s q {} {:.0} barriers/s",
+                        c.core,
+                        c.ops_per_sec,
+                        c.queue_depth,
+                        c.journal.map_or(0.0, |j| j.barriers_per_sec)
                     )
                 })
                 .collect();
