@@ -338,10 +338,7 @@ impl Shard {
     }
 
     /// Takes a prepared next segment (see `Log::install_prepared`).
-    pub fn install_prepared(
-        &mut self,
-        result: Result<crate::log::Prepared, crate::log::LogError>,
-    ) {
+    pub fn install_prepared(&mut self, result: Result<crate::log::Prepared, crate::log::LogError>) {
         self.log.install_prepared(result);
     }
 

@@ -14,6 +14,13 @@ pub const FRAME_BYTES_SOFT_MAX: usize = 1 << 20;
 pub const FRAME_BYTES_MAX: usize =
     FRAME_HEADER_BYTES + FRAME_BYTES_SOFT_MAX + entry_span(RECORD_PAYLOAD_BYTES_MAX);
 
+/// A released segment is zeroed in pieces of this size, each made durable
+/// before the next, so the journal's barriers never queue behind a whole
+/// segment's writeback.
+pub const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// Pause after each zeroed piece (on the blocking pool, never on a core).
+pub const ZERO_CHUNK_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Smallest journal segment (8 MiB): it must hold at least two largest frames.
 pub const SEGMENT_BYTES_MIN: u64 = 8 << 20;
 /// Default journal segment (32 MiB).

@@ -652,12 +652,23 @@ pub struct ZeroJob {
 }
 
 impl ZeroJob {
-    /// Blocks.
+    /// Blocks. The body is zeroed in `limits::ZERO_CHUNK_BYTES` pieces,
+    /// each made durable, with a pause of `limits::ZERO_CHUNK_PAUSE` after
+    /// each: on a disk that completes one flush at a time, the journal's own
+    /// barriers then wait behind one small piece, never behind the whole
+    /// segment's writeback.
     pub fn run(&self) -> io::Result<()> {
         zero_fill(&self.file, 0, FRAMES_START)?;
         self.file.sync_data()?;
-        zero_fill(&self.file, FRAMES_START, self.bytes)?;
-        self.file.sync_data()
+        let mut at = FRAMES_START;
+        while at < self.bytes {
+            let end = (at + limits::ZERO_CHUNK_BYTES).min(self.bytes);
+            zero_fill(&self.file, at, end)?;
+            self.file.sync_data()?;
+            at = end;
+            std::thread::sleep(limits::ZERO_CHUNK_PAUSE);
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,9 @@ use reserva_engine::log::{Lsn, PendingSync};
 use super::Core;
 use crate::metrics;
 
+/// Pause after each shard-log barrier of a checkpoint (on the blocking pool).
+const CHECKPOINT_PACE: Duration = Duration::from_millis(1);
+
 /// How long the checkpointer waits before trying again after a failure.
 const CHECKPOINT_RETRY: Duration = Duration::from_millis(100);
 
@@ -161,6 +164,10 @@ async fn run_syncs(
             jobs.into_iter()
                 .map(|(id, p)| {
                     let r = p.run();
+                    // One shard-log barrier at a time, with room between
+                    // them for the journal's barriers (the disk serves one
+                    // flush at a time).
+                    std::thread::sleep(CHECKPOINT_PACE);
                     (id, p, r)
                 })
                 .collect()
