@@ -292,11 +292,6 @@ impl Shard {
         every != 0 && self.records_since_snapshot >= every
     }
 
-    /// Whether there are staged records not yet taken.
-    pub fn has_staged(&self) -> bool {
-        !self.staged.is_empty()
-    }
-
     /// Stops the shard: it refuses everything until reopened. For a server
     /// whose commit journal failed, so that state applied in memory but never
     /// made durable is never read.

@@ -432,7 +432,6 @@ impl Metrics {
         self.record_fine(shard, 0, us);
     }
 
-    /// One shard's group commit, from its start to its answers' release.
     /// A journal frame was written (`barrier`: and made durable).
     pub fn journal_write(&self, core: u16, bytes: u64, records: u64, barrier: bool) {
         if let Some(c) = self.per_core.get(usize::from(core)) {
@@ -476,6 +475,7 @@ impl Metrics {
         }
     }
 
+    /// One shard's group commit, from its start to its answers' release.
     pub fn record_commit(&self, core: u16, shard: ShardId, took: Duration) {
         let us = took.as_micros() as u64;
         if let Some(c) = self.per_core.get(usize::from(core)) {

@@ -28,6 +28,7 @@
 //! ```
 
 use crate::log::Lsn;
+use crate::log::format::{u16_at, u32_at, u64_at};
 use crate::log::limits::{LSN_MAX, RECORD_PAYLOAD_BYTES_MAX, SHARD_MAX};
 
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -52,20 +53,6 @@ const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(ALIGN));
 const _: () = assert!(ENTRY_HEADER_BYTES.is_multiple_of(ALIGN));
 const _: () = assert!(FRAMES_START.is_multiple_of(ALIGN));
 const _: () = assert!(SEGMENT_HEADER_BYTES <= FRAMES_START);
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
 
 /// The header of one journal segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -245,27 +245,9 @@ struct Segment {
     pins: BTreeMap<u16, Lsn>,
 }
 
-/// Counters of one journal (for metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JournalStats {
-    /// Frames written.
-    pub frames: u64,
-    /// Records written.
-    pub entries: u64,
-    /// Frame bytes written.
-    pub bytes: u64,
-    /// Barriers (`fdatasync`) that completed.
-    pub barriers: u64,
-    /// Segments holding records that are not yet checkpointed (the active one included).
-    pub segments_live: usize,
-    /// Segments in the ring.
-    pub segments: usize,
-}
-
 /// One core's journal writer. Owned by one thread; I/O runs in jobs.
 #[derive(Debug)]
 pub struct Journal {
-    dir: PathBuf,
     core: u16,
     config: JournalConfig,
     segments: Vec<Segment>,
@@ -289,7 +271,6 @@ pub struct Journal {
     unsynced: bool,
     poisoned: bool,
     fail_next_write: bool,
-    stats: JournalStats,
 }
 
 impl Journal {
@@ -325,12 +306,7 @@ impl Journal {
         sync_dir(dir)?;
         let free = (0..segments.len()).collect();
         Ok(Journal {
-            dir: dir.into(),
             core,
-            stats: JournalStats {
-                segments: segments.len(),
-                ..JournalStats::default()
-            },
             config,
             segments,
             active: None,
@@ -425,9 +401,6 @@ impl Journal {
             sync,
             fail: std::mem::take(&mut self.fail_next_write),
         };
-        self.stats.frames += 1;
-        self.stats.entries += u64::from(frame.entries);
-        self.stats.bytes += span as u64;
         frame.entries = 0;
         frame.pins.clear();
         self.written_seq = seq;
@@ -455,7 +428,6 @@ impl Journal {
             return Err(JournalError::io("pwrite/fdatasync", &job.path, source));
         }
         if job.sync {
-            self.stats.barriers += 1;
             self.durable_seq = self.written_seq;
         } else if job.sync_before.is_some() {
             // Every frame of the old segment is durable now.
@@ -487,7 +459,6 @@ impl Journal {
     ) -> Result<(), JournalError> {
         match result {
             Ok(()) => {
-                self.stats.barriers += 1;
                 self.durable_seq = self.durable_seq.max(job.seq);
                 Ok(())
             }
@@ -545,25 +516,6 @@ impl Journal {
     /// Whether a failure poisoned the journal.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
-    }
-
-    /// Whether a write is in flight.
-    pub fn is_writing(&self) -> bool {
-        self.in_flight
-    }
-
-    /// The journal's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> JournalStats {
-        JournalStats {
-            segments_live: self.sealed.len() + usize::from(self.active.is_some()),
-            segments: self.free.len() + self.sealed.len() + usize::from(self.active.is_some()),
-            ..self.stats
-        }
     }
 
     fn check_writable(&self) -> Result<(), JournalError> {

@@ -34,7 +34,7 @@
 
 mod dir;
 mod error;
-mod format;
+pub(crate) mod format;
 mod inspect;
 pub mod limits;
 mod mmap;

@@ -260,15 +260,28 @@ impl Core {
             self.spawn_write(job);
         } else {
             let result = job.run();
-            let finished = j.finish_write(job, result);
+            let finished = self.finish_job(j, job, result, &batch);
             drop((journal, commit));
-            self.finish_inline(batch, finished);
+            self.finish_batch(batch, finished);
         }
         true
     }
 
-    /// Interval mode: the frame was written without a barrier.
-    fn finish_inline(&self, batch: Batch, finished: Result<Vec<u8>, JournalError>) {
+    /// Counts a finished journal write and hands its result to the journal.
+    fn finish_job(
+        &self,
+        journal: &mut reserva_engine::journal::Journal,
+        job: WriteJob,
+        result: io::Result<()>,
+        batch: &Batch,
+    ) -> Result<Vec<u8>, JournalError> {
+        let records = batch.frame_entries();
+        metrics::global().journal_write(self.id, job.bytes() as u64, records, job.is_barrier());
+        journal.finish_write(job, result)
+    }
+
+    /// Ends a batch once its journal write returned (with or without a barrier).
+    fn finish_batch(&self, batch: Batch, finished: Result<Vec<u8>, JournalError>) {
         match finished {
             Ok(buffer) => {
                 self.commit.borrow_mut().spare.push(buffer);
@@ -330,17 +343,10 @@ impl Core {
             let Some(j) = journal.as_mut() else {
                 unreachable!("writes come from the journal");
             };
-            let m = metrics::global();
-            m.journal_write(
-                self.id,
-                job.bytes() as u64,
-                batch.frame_entries(),
-                job.is_barrier(),
-            );
-            j.finish_write(job, result)
+            self.finish_job(j, job, result, &batch)
         };
         drop(commit);
-        self.finish_inline(batch, finished);
+        self.finish_batch(batch, finished);
         true
     }
 
