@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use rkyv::rancor;
 
-use crate::ids::ShardId;
+use crate::ids::{ReservationId, ShardId};
 use crate::limits::TICK_EXPIRIES_MAX;
 use crate::log::{Log, LogConfig, LogError, LogReader, Lsn, PendingSync, RecordRef, TailCut};
 use crate::sm::{Command, EngineError, LogEntry, Outcome, Request, ShardState, StateImage};
@@ -393,11 +393,35 @@ impl Shard {
     /// The housekeeping request due at `now_ms` (expiries and idempotency
     /// pruning), if any. The server submits it like any other request.
     pub fn tick_request(&self, now_ms: u64) -> Option<Request> {
+        self.tick_request_sparing(now_ms, |_| false)
+    }
+
+    /// [`Shard::tick_request`], but reservations for which `spared` is true
+    /// are not expired (the server spares holds under an order until they are
+    /// deducted). `None` when nothing but spared reservations is due.
+    pub fn tick_request_sparing(
+        &self,
+        now_ms: u64,
+        spared: impl Fn(ReservationId) -> bool,
+    ) -> Option<Request> {
         let due = self.state.next_deadline_ms().is_some_and(|at| at <= now_ms);
-        due.then(|| {
-            let expire = self.state.due_expirations(now_ms, TICK_EXPIRIES_MAX);
-            Request::new(Command::Tick { expire })
-        })
+        if !due {
+            return None;
+        }
+        let mut expire = self.state.due_expirations(now_ms, 2 * TICK_EXPIRIES_MAX);
+        let before = expire.len();
+        expire.retain(|id| !spared(*id));
+        expire.truncate(TICK_EXPIRIES_MAX);
+        if expire.len() < before
+            && expire.is_empty()
+            && !self
+                .state
+                .next_housekeeping_deadline_ms()
+                .is_some_and(|at| at <= now_ms)
+        {
+            return None;
+        }
+        Some(Request::new(Command::Tick { expire }))
     }
 
     /// Writes a snapshot of the current state (all appended records must be durable).

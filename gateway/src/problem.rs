@@ -286,6 +286,14 @@ fn engine_error(e: EngineError) -> ApiError {
                 ),
             )
         },
+        EngineError::CheckoutInterrupted { .. } => ApiError {
+            retry_after_s: Some(PAYMENT_UNAVAILABLE_RETRY_AFTER_S),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::PaymentUnavailable,
+                format!("{detail}: retry with a new Idempotency-Key"),
+            )
+        },
         EngineError::IdempotencyConflict { .. } => {
             ApiError::new(StatusCode::CONFLICT, Code::IdempotencyConflict, detail)
         }

@@ -26,7 +26,7 @@ use reserva_protocol::{Op, OpResult, Query, Reply, WireError};
 /// Operation types, the `op` label of `reserva_ops_total`. Mutations are
 /// indexed by their log record kind (1..=30, `docs/log-format.md`); queries
 /// follow from `OP_QUERY_BASE`.
-pub const OP_LABELS: [&str; 43] = [
+pub const OP_LABELS: [&str; 47] = [
     "other",
     "upsert_sku",
     "set_stock",
@@ -58,6 +58,10 @@ pub const OP_LABELS: [&str; 43] = [
     "effect_done",
     "wishlist_set",
     "wishlist_remove",
+    "checkout_hold",
+    "checkout_place",
+    "hold_deduct",
+    "checkout_settle",
     "get_sku",
     "get_reservation",
     "get_order",
@@ -71,13 +75,13 @@ pub const OP_LABELS: [&str; 43] = [
     "other_query",
     "other_mutation",
 ];
-const OP_QUERY_BASE: usize = 31;
-const OP_OTHER_QUERY: usize = 41;
-const OP_OTHER_MUTATION: usize = 42;
+const OP_QUERY_BASE: usize = 35;
+const OP_OTHER_QUERY: usize = 45;
+const OP_OTHER_MUTATION: usize = 46;
 const _: () = assert!(OP_OTHER_MUTATION == OP_LABELS.len() - 1);
 
 /// Error types, the `error` label of `reserva_errors_total`.
-pub const ERROR_LABELS: [&str; 30] = [
+pub const ERROR_LABELS: [&str; 31] = [
     "other",
     "invalid_input",
     "unknown_sku",
@@ -108,6 +112,7 @@ pub const ERROR_LABELS: [&str; 30] = [
     "fraud_rejected",
     "unknown_return",
     "return_state",
+    "checkout_interrupted",
 ];
 
 /// Upper bounds of the Prometheus latency buckets, in microseconds.
@@ -361,6 +366,7 @@ pub fn error_label(e: &WireError) -> usize {
             EngineError::FraudRejected { .. } => 27,
             EngineError::UnknownReturn { .. } => 28,
             EngineError::ReturnState { .. } => 29,
+            EngineError::CheckoutInterrupted { .. } => 30,
             _ => 22,
         },
         WireError::NotFound { .. } => 13,

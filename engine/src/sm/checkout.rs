@@ -3,7 +3,7 @@
 //! so a step recorded once is refused if sent again: a resumed saga reads
 //! the checkout and carries on from its state.
 
-use crate::ids::CheckoutId;
+use crate::ids::{CheckoutId, ReservationId};
 use crate::limits::*;
 use crate::sm::command::Outcome;
 use crate::sm::commerce::*;
@@ -74,6 +74,20 @@ impl ShardState {
             C::EffectDone { order_id, seq } => self.effect_done(*order_id, *seq)?,
             C::WishlistSet { user_id, sku, qty } => self.wishlist_set(user_id, sku, *qty)?,
             C::WishlistRemove { user_id, sku } => self.wishlist_remove(user_id, sku)?,
+            C::CheckoutHold {
+                owner,
+                lines,
+                adopt,
+                ttl_ms,
+                warehouse_preference,
+            } => self.checkout_hold(now, owner, lines, *adopt, *ttl_ms, warehouse_preference)?,
+            C::CheckoutPlace { checkout_id, place } => {
+                self.checkout_place(now, *checkout_id, place)?
+            }
+            C::HoldDeduct { reservation_id } => CommerceOutcome::Deducted {
+                allocations: self.deduct(None, *reservation_id)?,
+            },
+            C::CheckoutSettle { checkout_id } => self.checkout_settle(now, *checkout_id)?,
         };
         Ok(Outcome::Commerce(Box::new(outcome)))
     }
@@ -285,6 +299,220 @@ impl ShardState {
         c.state = CheckoutState::Reserved;
         c.updated_at_ms = now;
         Ok(self.step(id))
+    }
+
+    /// A checkout's hold on this SKU shard, answered with its SKUs' prices.
+    fn checkout_hold(
+        &mut self,
+        now: u64,
+        owner: &str,
+        lines: &[ReserveLine],
+        adopt: Option<ReservationId>,
+        ttl_ms: u64,
+        preference: &[String],
+    ) -> Result<CommerceOutcome, EngineError> {
+        let (hold, lines) = match adopt {
+            Some(id) => {
+                validate::id("owner", owner)?;
+                if !lines.is_empty() {
+                    return Err(invalid("lines", "must be empty when adopting a reservation"));
+                }
+                if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+                    return Err(invalid(
+                        "ttl_ms",
+                        format!("{ttl_ms} outside TTL_MS_MIN..=TTL_MS_MAX ({TTL_MS_MIN}..={TTL_MS_MAX})"),
+                    ));
+                }
+                validate::minted_on(id.shard(), self.shard)?;
+                let r = self
+                    .reservations
+                    .get(&id)
+                    .ok_or(EngineError::UnknownReservation { reservation_id: id })?;
+                if r.owner != owner {
+                    return Err(invalid(
+                        "reservation_id",
+                        "the reservation belongs to another user",
+                    ));
+                }
+                let old = r.expires_at_ms;
+                let expires_at_ms = old.max(now.saturating_add(ttl_ms));
+                if expires_at_ms != old {
+                    self.expiries.remove(&(old, id));
+                    self.expiries.insert((expires_at_ms, id));
+                    if let Some(r) = self.reservations.get_mut(&id) {
+                        r.expires_at_ms = expires_at_ms;
+                    }
+                }
+                let allocations = self
+                    .reservations
+                    .get(&id)
+                    .map(|r| r.allocations.clone())
+                    .unwrap_or_default();
+                let mut lines: Vec<ReserveLine> = Vec::new();
+                for a in &allocations {
+                    match lines.iter_mut().find(|l| l.sku == a.sku) {
+                        Some(l) => l.qty += a.qty,
+                        None => lines.push(ReserveLine {
+                            sku: a.sku.clone(),
+                            qty: a.qty,
+                        }),
+                    }
+                }
+                let hold = Hold {
+                    shard: self.shard,
+                    reservation_id: id,
+                    allocations,
+                    expires_at_ms,
+                };
+                (hold, lines)
+            }
+            None => {
+                let preference = self.rank_warehouses(lines, preference);
+                match self.reserve(now, owner, lines, Some(ttl_ms), &preference)? {
+                    Outcome::Reserved {
+                        reservation_id,
+                        expires_at_ms,
+                        allocations,
+                    } => (
+                        Hold {
+                            shard: self.shard,
+                            reservation_id,
+                            allocations,
+                            expires_at_ms,
+                        },
+                        lines.to_vec(),
+                    ),
+                    other => unreachable!("reserve answered {other:?}"),
+                }
+            }
+        };
+        // Every SKU held exists (the hold or the adopted reservation holds it).
+        let prices = lines
+            .iter()
+            .filter_map(|l| self.skus.get(l.sku.as_str()))
+            .map(|sku| PricedLine {
+                sku: sku.sku.clone(),
+                seller_id: sku.seller_id.clone(),
+                unit_price: sku.price,
+            })
+            .collect();
+        Ok(CommerceOutcome::Held {
+            hold,
+            prices,
+            lines,
+        })
+    }
+
+    /// `preference` (nearest first) reordered so that warehouses able to ship
+    /// more of `lines` whole come first: fewer split shipments, then the
+    /// nearest. Warehouses not in `preference` keep their place after it.
+    fn rank_warehouses(&self, lines: &[ReserveLine], preference: &[String]) -> Vec<String> {
+        let whole = |w: &str| {
+            lines
+                .iter()
+                .filter(|l| {
+                    self.skus
+                        .get(l.sku.as_str())
+                        .and_then(|s| s.warehouse(w))
+                        .is_some_and(|ws| ws.available() >= u64::from(l.qty))
+                })
+                .count()
+        };
+        let mut ranked: Vec<(usize, usize, &String)> = preference
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (whole(w), i, w))
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.into_iter().map(|(_, _, w)| w.clone()).collect()
+    }
+
+    /// The checkout's one record after its holds (see `CheckoutPlace`). All
+    /// or nothing: a refusal leaves the checkout in `started`.
+    fn checkout_place(
+        &mut self,
+        now: u64,
+        id: CheckoutId,
+        p: &Placement,
+    ) -> Result<CommerceOutcome, EngineError> {
+        // Everything that can refuse is checked before anything changes.
+        check_rules(&p.rules)?;
+        validate::text("auth_ref", &p.auth_ref, ID_BYTES_MAX, "ID_BYTES_MAX")?;
+        if p.estimates.len() > CHECKOUT_ORDER_LINES_MAX {
+            return Err(invalid(
+                "estimates",
+                format!("more than CHECKOUT_ORDER_LINES_MAX ({CHECKOUT_ORDER_LINES_MAX})"),
+            ));
+        }
+        let allocations: usize = p.holds.iter().map(|h| h.allocations.len()).sum();
+        if allocations > CHECKOUT_ORDER_LINES_MAX {
+            return Err(limit_reached(
+                "CHECKOUT_ORDER_LINES_MAX",
+                CHECKOUT_ORDER_LINES_MAX as u64,
+            ));
+        }
+        if self.orders.len() >= ORDERS_MAX {
+            return Err(limit_reached("ORDERS_MAX", ORDERS_MAX as u64));
+        }
+        let c = self.checkout_in(id, &[CheckoutState::Started])?;
+        if matches!(c.payment.method, PaymentMethod::Card { .. }) && p.auth_ref.is_empty() {
+            return Err(invalid(
+                "auth_ref",
+                "a card authorization needs a reference",
+            ));
+        }
+        let saved = c.clone();
+        let result = self.place_steps(now, id, p);
+        if result.is_err() {
+            // Undo: the checkout as it was, and no store-credit hold.
+            let user = saved.user_id.clone();
+            self.checkouts.insert(id, saved);
+            self.credit_settle(&user, id, false);
+        }
+        result
+    }
+
+    fn place_steps(
+        &mut self,
+        now: u64,
+        id: CheckoutId,
+        p: &Placement,
+    ) -> Result<CommerceOutcome, EngineError> {
+        self.checkout_reserved(now, id, &p.holds, &p.prices, &p.lines)?;
+        self.checkout_score(now, id, &p.rules, p.card_uses)?;
+        let c = self
+            .checkouts
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownCheckout { checkout_id: id })?;
+        if c.state == CheckoutState::Compensating {
+            // Rejected by the rules: an authorization already taken is
+            // recorded, so that compensation voids it.
+            if !p.auth_ref.is_empty() {
+                c.payment.auth_ref = p.auth_ref.clone();
+                c.payment.status = PaymentStatus::Authorized;
+            }
+            return Ok(self.step(id));
+        }
+        self.checkout_authorized(now, id, &p.auth_ref)?;
+        if self.checkouts.get(&id).map(|c| c.state) == Some(CheckoutState::Compensating) {
+            return Ok(self.step(id));
+        }
+        self.checkout_create_order(now, id, &p.estimates)
+    }
+
+    /// Stock deducted and payment captured: `order_created` (or
+    /// `stock_confirmed`) to the end.
+    fn checkout_settle(
+        &mut self,
+        now: u64,
+        id: CheckoutId,
+    ) -> Result<CommerceOutcome, EngineError> {
+        let c = self.checkout_in(
+            id,
+            &[CheckoutState::OrderCreated, CheckoutState::StockConfirmed],
+        )?;
+        c.state = CheckoutState::StockConfirmed;
+        self.checkout_finish(now, id)
     }
 
     fn checkout_score(

@@ -753,6 +753,65 @@ pub enum CommerceCommand {
         /// SKU id.
         sku: String,
     },
+    /// A checkout's hold on one SKU shard: holds `lines` for `owner` (or
+    /// adopts the owner's reservation `adopt`, keeping it at least `ttl_ms`),
+    /// and answers the hold with the prices of its SKUs, so the checkout needs
+    /// no read of its own.
+    CheckoutHold {
+        /// Holder (the checkout's user).
+        owner: String,
+        /// Lines of this shard's SKUs (empty when adopting).
+        lines: Vec<ReserveLine>,
+        /// A reservation of `owner` to adopt instead of holding lines.
+        adopt: Option<ReservationId>,
+        /// Time-to-live of the hold, `TTL_MS_MIN..=TTL_MS_MAX`.
+        ttl_ms: u64,
+        /// Warehouses nearest the shipping address first.
+        warehouse_preference: Vec<String>,
+    },
+    /// The checkout's one record after its holds: records the holds and
+    /// prices, scores fraud, takes the payment's authorization (or the
+    /// store-credit hold) and creates the order, in one step. A rejecting
+    /// score or a refused credit hold starts compensation instead.
+    CheckoutPlace {
+        /// Checkout (in `started`).
+        checkout_id: CheckoutId,
+        /// What the holds answered and the payment authorized.
+        place: Box<Placement>,
+    },
+    /// Deducts a checkout's hold (hold -> confirmed). Unlike `Confirm` it
+    /// deducts a hold that is still live past its deadline: a hold under an
+    /// order is never given up by time alone.
+    HoldDeduct {
+        /// The hold's reservation.
+        reservation_id: ReservationId,
+    },
+    /// Every hold of an order-created checkout is deducted and the payment
+    /// captured (or, for review, held): completes the saga.
+    CheckoutSettle {
+        /// Checkout (in `order_created` or `stock_confirmed`).
+        checkout_id: CheckoutId,
+    },
+}
+
+/// The inputs of [`CommerceCommand::CheckoutPlace`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Placement {
+    /// The holds (one per SKU shard).
+    pub holds: Vec<Hold>,
+    /// Price per SKU, as the holds answered them.
+    pub prices: Vec<PricedLine>,
+    /// Lines (needed when the checkout adopted a reservation).
+    pub lines: Vec<ReserveLine>,
+    /// Fraud rules in force.
+    pub rules: FraudRules,
+    /// Uses of the card in the window, this one included.
+    pub card_uses: u32,
+    /// The provider's authorization reference (empty for store credit and cash).
+    pub auth_ref: String,
+    /// Delivery estimate per shipping warehouse.
+    pub estimates: Vec<DeliveryEstimate>,
 }
 
 impl CommerceCommand {
@@ -776,6 +835,10 @@ impl CommerceCommand {
             CommerceCommand::EffectDone { .. } => 28,
             CommerceCommand::WishlistSet { .. } => 29,
             CommerceCommand::WishlistRemove { .. } => 30,
+            CommerceCommand::CheckoutHold { .. } => 31,
+            CommerceCommand::CheckoutPlace { .. } => 32,
+            CommerceCommand::HoldDeduct { .. } => 33,
+            CommerceCommand::CheckoutSettle { .. } => 34,
         }
     }
 }
@@ -823,6 +886,20 @@ pub enum CommerceOutcome {
     Wishlist {
         /// Items, sorted by SKU.
         items: Vec<CartItem>,
+    },
+    /// `CheckoutHold`: the hold, the prices of its SKUs and its lines.
+    Held {
+        /// The hold.
+        hold: Hold,
+        /// Price and seller per SKU held.
+        prices: Vec<PricedLine>,
+        /// Units held per SKU.
+        lines: Vec<ReserveLine>,
+    },
+    /// `HoldDeduct`: the units deducted.
+    Deducted {
+        /// What was deducted, per warehouse.
+        allocations: Vec<Allocation>,
     },
 }
 

@@ -135,6 +135,13 @@ pub enum EngineError {
         /// Its state.
         state: String,
     },
+    /// The node stopped before the checkout's order record was durable; its
+    /// holds were released and its authorization voided. A new checkout
+    /// (another idempotency key) may be tried.
+    CheckoutInterrupted {
+        /// Checkout.
+        checkout_id: CheckoutId,
+    },
 }
 
 impl fmt::Display for EngineError {
@@ -218,6 +225,10 @@ impl fmt::Display for EngineError {
                     "return {return_id} is {state}; the action does not apply"
                 )
             }
+            CheckoutInterrupted { checkout_id } => write!(
+                f,
+                "checkout {checkout_id} was interrupted before its order was placed; nothing is held or charged"
+            ),
         }
     }
 }

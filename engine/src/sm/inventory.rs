@@ -331,9 +331,22 @@ impl ShardState {
     }
 
     pub(crate) fn confirm(&mut self, now: u64, id: ReservationId) -> Result<Outcome, EngineError> {
+        Ok(Outcome::Confirmed {
+            allocations: self.deduct(Some(now), id)?,
+        })
+    }
+
+    /// Deducts a live reservation's units from `on_hand`. With `due_at`, a
+    /// reservation whose deadline is at or before it is refused as expired;
+    /// without, only a released (or ticked-out) reservation is unknown.
+    pub(crate) fn deduct(
+        &mut self,
+        due_at: Option<u64>,
+        id: ReservationId,
+    ) -> Result<Vec<Allocation>, EngineError> {
         validate::minted_on(id.shard(), self.shard)?;
         let reservation = match self.reservations.entry(id) {
-            Entry::Occupied(live) if live.get().expires_at_ms <= now => {
+            Entry::Occupied(live) if due_at.is_some_and(|now| live.get().expires_at_ms <= now) => {
                 return Err(EngineError::ReservationExpired {
                     reservation_id: id,
                     expired_at_ms: live.get().expires_at_ms,
@@ -350,9 +363,7 @@ impl ShardState {
             w.on_hand -= qty;
             w.deducted += qty;
         }
-        Ok(Outcome::Confirmed {
-            allocations: reservation.allocations,
-        })
+        Ok(reservation.allocations)
     }
 
     pub(crate) fn tick(

@@ -346,9 +346,18 @@ impl ShardState {
     /// which a `Tick` has work, if any.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let r = self.expiries.first().map(|(at, _)| *at);
+        [r, self.next_housekeeping_deadline_ms()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The earliest deadline of a `Tick`'s work other than expiring
+    /// reservations (idempotency retention, finished checkouts, card memory).
+    pub fn next_housekeeping_deadline_ms(&self) -> Option<u64> {
         let i = self.idempotency_expiries.first().map(|(at, _)| *at);
         let c = self.next_commerce_deadline_ms();
-        [r, i, c].into_iter().flatten().min()
+        [i, c].into_iter().flatten().min()
     }
 }
 

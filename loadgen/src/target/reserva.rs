@@ -97,6 +97,7 @@ fn engine_code(e: &EngineError) -> &'static str {
         EngineError::FraudRejected { .. } => "fraud_rejected",
         EngineError::LimitReached { .. } => "limit_reached",
         EngineError::CheckoutState { .. } => "checkout_state",
+        EngineError::CheckoutInterrupted { .. } => "checkout_interrupted",
         _ => "engine_other",
     }
 }
