@@ -30,7 +30,15 @@ pub enum SandboxBehaviour {
     Decline(&'static str),
     /// Fails every call with a retryable provider error.
     ProviderError,
+    /// Approves like `Approve`, but every authorization takes
+    /// [`SANDBOX_SLOW_MS`] (a slow provider).
+    Slow,
+    /// Never answers an authorization: the caller's timeout must fire.
+    Timeout,
 }
+
+/// How long the sandbox's slow card takes to authorize.
+pub const SANDBOX_SLOW_MS: u64 = 1_000;
 
 const TOKEN_PREFIX: &str = "tok_sbx_";
 
@@ -54,6 +62,8 @@ pub fn tokenize_card(number: &str) -> Result<PaymentMethod, WireError> {
         "4000000000000119" => ("error", "US"),
         "4000000760000002" => ("approve", "BR"),
         "4000001240000000" => ("approve", "CA"),
+        "4000000000003220" => ("slow", "US"),
+        "4000000000000259" => ("timeout", "US"),
         _ => ("approve", "US"),
     };
     let last4 = digits[digits.len() - 4..].to_owned();
@@ -76,6 +86,8 @@ pub fn sandbox_behaviour(token: &str) -> Option<SandboxBehaviour> {
         "declined" => SandboxBehaviour::Decline("card_declined"),
         "funds" => SandboxBehaviour::Decline("insufficient_funds"),
         "error" => SandboxBehaviour::ProviderError,
+        "slow" => SandboxBehaviour::Slow,
+        "timeout" => SandboxBehaviour::Timeout,
         _ => return None,
     })
 }
@@ -119,6 +131,8 @@ mod tests {
             ("4000000000000119", SandboxBehaviour::ProviderError, "US"),
             ("4000 0007 6000 0002", SandboxBehaviour::Approve, "BR"),
             ("4000001240000000", SandboxBehaviour::Approve, "CA"),
+            ("4000000000003220", SandboxBehaviour::Slow, "US"),
+            ("4000000000000259", SandboxBehaviour::Timeout, "US"),
         ];
         for (number, behaviour, want_country) in cases {
             let Ok(PaymentMethod::Card {

@@ -65,7 +65,11 @@ fn route_commerce(command: &CommerceCommand) -> Result<ShardId, WireError> {
         | C::CheckoutFail { .. }
         | C::CheckoutCompensated { .. }
         | C::CardUse { .. }
-        | C::EffectDone { .. } => Err(WireError::invalid(
+        | C::EffectDone { .. }
+        | C::CheckoutHold { .. }
+        | C::CheckoutPlace { .. }
+        | C::HoldDeduct { .. }
+        | C::CheckoutSettle { .. } => Err(WireError::invalid(
             "checkout saga steps are issued by the server only; clients may not send them",
         )),
     }

@@ -17,6 +17,7 @@
 //! [payments]
 //! latency_ms = 0                 # sandbox card provider latency per call
 //! attempts = 5                   # provider attempts before a checkout compensates
+//! timeout_ms = 3000              # a provider call slower than this is retried (same key)
 //!
 //! [[warehouses]]
 //! id = "fra-1"
@@ -31,7 +32,7 @@ use reserva_engine::limits::FRAUD_WINDOW_MS_MAX;
 use reserva_engine::sm::FraudRules;
 use serde::Deserialize;
 
-use crate::limits::{SAGA_CALL_ATTEMPTS, WAREHOUSE_LOCATIONS_MAX};
+use crate::limits::{PROVIDER_TIMEOUT_DEFAULT, SAGA_CALL_ATTEMPTS, WAREHOUSE_LOCATIONS_MAX};
 
 /// A warehouse and where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +54,8 @@ pub struct CheckoutConfig {
     pub payment_latency: Duration,
     /// Provider attempts before a checkout compensates.
     pub payment_attempts: u32,
+    /// Longest a provider call may take before it is retried with the same key.
+    pub payment_timeout: Duration,
     /// Warehouse locations for routing and delivery estimates.
     pub warehouses: Vec<WarehouseLocation>,
 }
@@ -63,6 +66,7 @@ impl Default for CheckoutConfig {
             fraud: FraudRules::default(),
             payment_latency: Duration::ZERO,
             payment_attempts: SAGA_CALL_ATTEMPTS,
+            payment_timeout: PROVIDER_TIMEOUT_DEFAULT,
             warehouses: Vec::new(),
         }
     }
@@ -102,6 +106,7 @@ struct FraudFile {
 struct PaymentsFile {
     latency_ms: Option<u64>,
     attempts: Option<u32>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +170,13 @@ impl CheckoutConfig {
         if !(1..=100).contains(&attempts) {
             return Err("payments.attempts must be in 1..=100".into());
         }
+        let timeout_ms = file
+            .payments
+            .timeout_ms
+            .unwrap_or(PROVIDER_TIMEOUT_DEFAULT.as_millis() as u64);
+        if !(10..=60_000).contains(&timeout_ms) {
+            return Err("payments.timeout_ms must be in 10..=60000".into());
+        }
         if file.warehouses.len() > WAREHOUSE_LOCATIONS_MAX {
             return Err(format!(
                 "at most {WAREHOUSE_LOCATIONS_MAX} warehouses (WAREHOUSE_LOCATIONS_MAX)"
@@ -191,6 +203,7 @@ impl CheckoutConfig {
             fraud,
             payment_latency: Duration::from_millis(latency_ms),
             payment_attempts: attempts,
+            payment_timeout: Duration::from_millis(timeout_ms),
             warehouses,
         })
     }

@@ -22,6 +22,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use reserva_engine::ids::ShardId;
 use reserva_engine::journal::Journal;
 use reserva_engine::shard::Shard;
+use reserva_engine::sm::ShardState;
 use reserva_protocol::{Op, OpResult, WireError};
 
 use crate::config::ServerConfig;
@@ -32,6 +33,7 @@ use crate::metrics::{self, Shed};
 mod checkpoint;
 mod commit;
 mod control;
+pub mod pins;
 use commit::CommitState;
 pub use control::{Control, HotSkus, MoveDone, ShardOutcome};
 use control::{CoreAdmin, TopK};
@@ -48,6 +50,15 @@ pub trait AnswerHook: std::any::Any {
     /// Sends `result` to `reply`, or keeps the waiter until the work the
     /// result started is done.
     fn deliver(&self, core: &Rc<Core>, reply: Option<oneshot::Sender<OpResult>>, result: OpResult);
+    /// Called as soon as a request was applied and its record staged (before
+    /// its barrier), with the shard's state afterwards. Returns whether it
+    /// started work that submits requests at once: the committer then lets
+    /// that work run before it starts the round's barrier, so the requests
+    /// join the same round.
+    fn applied(&self, core: &Rc<Core>, state: &ShardState, result: &OpResult) -> bool {
+        let _ = (core, state, result);
+        false
+    }
 }
 
 /// A request waiting for its shard, with where to send the answer.
@@ -118,6 +129,11 @@ pub struct Core {
     me: Weak<Core>,
     /// Admin work: jobs for the committer, shards being moved away.
     admin: CoreAdmin,
+    /// Reservations the node spares from expiry (shared by every core).
+    pub pins: Arc<pins::Pins>,
+    /// The hook started work during the round being applied: the committer
+    /// lets it submit before the round's barrier starts.
+    followups: Cell<bool>,
 }
 
 /// Wall-clock time in Unix ms: the only clock reading of the server, stamped on each batch.
@@ -136,6 +152,7 @@ impl Core {
         config: Arc<ServerConfig>,
         peers: Vec<flume::Sender<Forwarded>>,
         journal: Option<Journal>,
+        pins: Arc<pins::Pins>,
     ) -> Rc<Self> {
         let slots = shards
             .into_iter()
@@ -172,7 +189,14 @@ impl Core {
             hook: std::cell::OnceCell::new(),
             me: me.clone(),
             admin: CoreAdmin::default(),
+            pins,
+            followups: Cell::new(false),
         })
+    }
+
+    /// Calls `f` with shard `id` if this core owns it now.
+    pub fn with_shard<R>(&self, id: ShardId, f: impl FnOnce(&Shard) -> R) -> Option<R> {
+        self.slots.borrow().get(&id).map(|slot| f(&slot.shard))
     }
 
     /// Calls `f` with every shard this core owns (for work the layer above
@@ -284,20 +308,25 @@ impl Core {
     }
 
     /// Queues the housekeeping `Tick` of every shard that has something due.
+    /// Pinned reservations (holds under an order) are spared; nothing is
+    /// queued before every core has pinned what it resumes.
     pub fn queue_ticks(&self) {
+        if !self.pins.expiry_open() {
+            return;
+        }
         let now = now_ms();
-        let due: Vec<(ShardId, reserva_engine::sm::Request)> = {
+        let due: Vec<(ShardId, reserva_engine::sm::Request)> = self.pins.with(|pinned| {
             let mut slots = self.slots.borrow_mut();
             slots
                 .iter_mut()
                 .filter(|(_, s)| !s.tick_queued && !s.shard.is_poisoned())
                 .filter_map(|(id, s)| {
-                    let req = s.shard.tick_request(now)?;
+                    let req = s.shard.tick_request_sparing(now, pinned)?;
                     s.tick_queued = true;
                     Some((*id, req))
                 })
                 .collect()
-        };
+        });
         for (id, req) in due {
             let queued = self.enqueue(
                 id,

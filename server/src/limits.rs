@@ -75,9 +75,23 @@ pub const EFFECT_RUNNERS_PER_CORE_MAX: usize = 65_536;
 /// Attempts of one saga call (a shard request or a provider call) before the
 /// step is given up: a failing payment compensates, other steps retry later.
 pub const SAGA_CALL_ATTEMPTS: u32 = 5;
-/// Saga steps failing in a row before a checkout driver pauses (the checkout
-/// resumes at the next retry of its key, or at restart).
+/// Saga steps failing in a row before a checkout's callers are answered
+/// `Unavailable` (the driver keeps retrying; a retry of the key attaches to it).
 pub const SAGA_STEP_FAILURES_MAX: u32 = 20;
+/// Payment provider calls one core has outstanding at once; further calls
+/// wait for a slot (they are bounded in turn by `SAGAS_PER_CORE_MAX`), so a
+/// slow provider slows checkouts but never holds a core or grows a queue
+/// without bound.
+pub const PROVIDER_CALLS_PER_CORE_MAX: usize = 1_024;
+/// Default time a payment provider call may take before it counts as failed
+/// and is retried with the same idempotency key (`payments.timeout_ms`).
+pub const PROVIDER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+/// Time-to-live of a checkout's holds. A hold under an order is never
+/// expired (the node spares it until it is deducted); a hold whose checkout
+/// never reached its order record (the node stopped between the two rounds
+/// and the checkout's first record was lost with it) is released by expiry
+/// after this long at most.
+pub const CHECKOUT_HOLD_TTL_MS: u64 = 15 * 60 * 1_000;
 /// First wait between attempts; doubles up to `SAGA_BACKOFF_MAX`.
 pub const SAGA_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 /// Longest wait between attempts.

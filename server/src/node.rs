@@ -151,6 +151,7 @@ pub fn run_with(config: ServerConfig, on_ready: Option<ReadyHook>) -> anyhow::Re
         .map(|_| flume::bounded::<Control>(CONTROL_QUEUE_MAX))
         .unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
+    let pins = Arc::new(crate::core::pins::Pins::new(usize::from(config.cores)));
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
     for ((core, inbox), control) in (0..config.cores).zip(inbox_rx).zip(control_rx) {
@@ -162,6 +163,7 @@ pub fn run_with(config: ServerConfig, on_ready: Option<ReadyHook>) -> anyhow::Re
         let ctx = CoreContext {
             core,
             map: map.clone(),
+            pins: pins.clone(),
             config: config.clone(),
             peers: inbox_tx.clone(),
             inbox,
@@ -277,6 +279,7 @@ fn executor_help(error: &str) -> String {
 struct CoreContext {
     core: u16,
     map: SharedMap,
+    pins: Arc<crate::core::pins::Pins>,
     config: Arc<ServerConfig>,
     peers: Vec<flume::Sender<Forwarded>>,
     inbox: flume::Receiver<Forwarded>,
@@ -316,6 +319,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         ctx.config.clone(),
         ctx.peers,
         journal,
+        ctx.pins.clone(),
     );
     crate::saga::install(&core, ctx.config.checkout.clone());
     let committer = glommio::spawn_local(core.clone().run_committer());
@@ -335,6 +339,7 @@ async fn run_core(ctx: CoreContext) -> Result<(), String> {
         .detach();
     }
     crate::saga::resume(&core);
+    core.pins.core_ready();
     glommio::spawn_local(crate::saga::sweep(core.clone(), EFFECT_SWEEP_INTERVAL)).detach();
     core.publish_gauges();
     let _ = ctx.ready.send(Ok(core_id));

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use reserva_protocol::card::{SandboxBehaviour, sandbox_behaviour};
+use reserva_protocol::card::{SANDBOX_SLOW_MS, SandboxBehaviour, sandbox_behaviour};
 use reserva_protocol::engine::Money;
 
 use crate::limits::PAYMENT_KEYS_REMEMBERED_MAX;
@@ -51,6 +51,10 @@ pub trait CardProvider {
     ) -> Result<(), PaymentError>;
     /// Voids an authorization (nothing is charged).
     async fn void(&self, key: &str, auth_ref: &str) -> Result<(), PaymentError>;
+    /// Voids whatever the authorization call keyed `auth_key` authorized, if
+    /// it authorized anything (its reference was never learnt: the node
+    /// stopped before it was recorded).
+    async fn cancel(&self, key: &str, auth_key: &str) -> Result<(), PaymentError>;
     /// Refunds part or all of a capture.
     async fn refund(
         &self,
@@ -129,8 +133,22 @@ impl CardProvider for SandboxCards {
         _amount: Money,
     ) -> Result<String, PaymentError> {
         self.wait().await;
-        match Self::behaviour(token)? {
-            SandboxBehaviour::Approve => {
+        let behaviour = Self::behaviour(token)?;
+        match behaviour {
+            SandboxBehaviour::Slow => {
+                glommio::timer::sleep(Duration::from_millis(SANDBOX_SLOW_MS)).await;
+            }
+            SandboxBehaviour::Timeout => {
+                // Never answers; the caller's timeout ends the call.
+                glommio::timer::sleep(Duration::from_secs(24 * 3600)).await;
+                return Err(PaymentError::Provider {
+                    message: "timeout: the sandbox provider never answered".into(),
+                });
+            }
+            _ => {}
+        }
+        match behaviour {
+            SandboxBehaviour::Approve | SandboxBehaviour::Slow | SandboxBehaviour::Timeout => {
                 let reference = format!("auth_{:016x}", fnv(key));
                 match self.remember(key, SandboxCall::Authorized(reference)) {
                     SandboxCall::Authorized(r) => Ok(r),
@@ -160,6 +178,18 @@ impl CardProvider for SandboxCards {
     async fn void(&self, key: &str, _auth_ref: &str) -> Result<(), PaymentError> {
         self.wait().await;
         self.remember(key, SandboxCall::Voided);
+        Ok(())
+    }
+
+    async fn cancel(&self, key: &str, auth_key: &str) -> Result<(), PaymentError> {
+        self.wait().await;
+        let authorized = matches!(
+            self.calls.borrow().0.get(auth_key),
+            Some(SandboxCall::Authorized(_))
+        );
+        if authorized {
+            self.remember(key, SandboxCall::Voided);
+        }
         Ok(())
     }
 

@@ -403,9 +403,9 @@ impl ShardState {
         })
     }
 
-    /// `preference` (nearest first) reordered so that warehouses able to ship
-    /// more of `lines` whole come first: fewer split shipments, then the
-    /// nearest. Warehouses not in `preference` keep their place after it.
+    /// The warehouses to try for `lines`, in order: those able to ship more
+    /// of the lines whole first (fewer split shipments), then by `preference`
+    /// (nearest the address first), then by id.
     fn rank_warehouses(&self, lines: &[ReserveLine], preference: &[String]) -> Vec<String> {
         let whole = |w: &str| {
             lines
@@ -418,13 +418,30 @@ impl ShardState {
                 })
                 .count()
         };
-        let mut ranked: Vec<(usize, usize, &String)> = preference
+        // Candidates: the preferred warehouses, then every other warehouse
+        // stocking a line's SKU (after them, by id).
+        let mut candidates: Vec<&str> = preference.iter().map(String::as_str).collect();
+        let mut others: Vec<&str> = lines
             .iter()
+            .filter_map(|l| self.skus.get(l.sku.as_str()))
+            .flat_map(|s| s.warehouses.iter().map(|w| w.warehouse.as_str()))
+            .filter(|w| !preference.iter().any(|p| p == w))
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        candidates.extend(others);
+        let mut ranked: Vec<(usize, usize, &str)> = candidates
+            .into_iter()
             .enumerate()
             .map(|(i, w)| (whole(w), i, w))
+            .filter(|(whole, _, _)| *whole > 0)
             .collect();
         ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        ranked.into_iter().map(|(_, _, w)| w.clone()).collect()
+        ranked
+            .into_iter()
+            .take(WAREHOUSE_PREFERENCE_MAX)
+            .map(|(_, _, w)| w.to_owned())
+            .collect()
     }
 
     /// The checkout's one record after its holds (see `CheckoutPlace`). All

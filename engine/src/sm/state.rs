@@ -301,6 +301,10 @@ impl ShardState {
     pub fn checkout(&self, id: CheckoutId) -> Option<&Checkout> {
         self.checkouts.get(&id)
     }
+    /// What the fraud rules remember of a user, if anything.
+    pub fn user(&self, user_id: &str) -> Option<&UserRecord> {
+        self.users.get(user_id)
+    }
     /// Every checkout, in no particular order.
     pub fn checkouts(&self) -> impl Iterator<Item = &Checkout> {
         self.checkouts.values()

@@ -94,6 +94,14 @@ impl Core {
                 && !self.commit.borrow().pending.frame.is_full()
             {
                 progressed |= self.apply_round();
+                if self.followups.replace(false) && self.commit.borrow().in_flight.is_none() {
+                    // Work the round started (a checkout's holds) submits
+                    // now and joins this round's barrier instead of the next.
+                    futures_lite::future::yield_now().await;
+                    if !self.ready.borrow().is_empty() {
+                        self.apply_round();
+                    }
+                }
             }
             progressed |= self.start_write();
             if progressed {
@@ -172,11 +180,16 @@ impl Core {
                 };
                 let result = execute(ctx, op, &scope, now);
                 m.record_op(id, label, &result);
-                if let (Some(command), Ok(Reply::Outcome(outcome))) = (&watched, &result) {
-                    let seq = slot.shard.staged_lsn();
-                    if seq > before {
+                let seq = slot.shard.staged_lsn();
+                if seq > before {
+                    if let (Some(command), Ok(Reply::Outcome(outcome))) = (&watched, &result) {
                         slot.events
                             .record(slot.shard.state(), seq, now, command, outcome);
+                    }
+                    if let (Some(h), Some(me)) = (&hook, self.me.upgrade())
+                        && h.applied(&me, slot.shard.state(), &result)
+                    {
+                        self.followups.set(true);
                     }
                 }
                 answers.push((reply, result));
