@@ -223,6 +223,9 @@ fn start_checkout(core: &Rc<Core>, c: Checkout) -> bool {
 fn spawn_driver(core: &Rc<Core>, id: CheckoutId, first: Option<Checkout>) {
     let core = core.clone();
     glommio::spawn_local(async move {
+        // The executor runs a new task at once, and this may be called from
+        // inside a round: submit only once the round has let go of its shards.
+        futures_lite::future::yield_now().await;
         let result = drive(&core, id, first).await;
         answer(&core, id, result);
         sagas(&core).checkouts.borrow_mut().remove(&id);
@@ -790,8 +793,7 @@ async fn place(core: &Rc<Core>, c: &Checkout) -> Result<Checkout, WireError> {
     let rejected = core
         .with_shard(c.id.shard(), |shard| {
             shard.state().user(&c.user_id).map(|user| {
-                reserva_engine::sm::fraud::score(&rules, now_ms(), &probe, user, card_uses)
-                    .decision
+                reserva_engine::sm::fraud::score(&rules, now_ms(), &probe, user, card_uses).decision
                     == FraudDecision::Reject
             })
         })
@@ -833,7 +835,13 @@ async fn place(core: &Rc<Core>, c: &Checkout) -> Result<Checkout, WireError> {
             estimates: estimates(&s.config, c, &held.holds),
             holds: held.holds.clone(),
             prices: held.prices.clone(),
-            lines: held.lines.clone(),
+            // The checkout's own lines (in its order), unless it adopted a
+            // reservation: then the lines are what that reservation holds.
+            lines: if c.lines.is_empty() {
+                held.lines.clone()
+            } else {
+                c.lines.clone()
+            },
             rules,
             card_uses,
             auth_ref,
@@ -841,9 +849,7 @@ async fn place(core: &Rc<Core>, c: &Checkout) -> Result<Checkout, WireError> {
     };
     match record(core, c, place).await {
         Ok(next) => Ok(next),
-        Err(WireError::Engine(error)) => {
-            give_up(core, c, &keys, &held, authorized, error).await
-        }
+        Err(WireError::Engine(error)) => give_up(core, c, &keys, &held, authorized, error).await,
         Err(e) => Err(e),
     }
 }
@@ -900,7 +906,10 @@ async fn abandon(core: &Core, c: &Checkout) -> Result<CommerceCommand, WireError
     }
     release_all(core, &keys, &held.holds).await?;
     tracing::info!(checkout = %c.id, "checkout interrupted before its order record; undone");
-    Ok(fail(c, EngineError::CheckoutInterrupted { checkout_id: c.id }))
+    Ok(fail(
+        c,
+        EngineError::CheckoutInterrupted { checkout_id: c.id },
+    ))
 }
 
 /// A provider call: bounded per core, with a timeout, retried with the same
@@ -916,13 +925,13 @@ where
     let mut wait = SAGA_BACKOFF_FIRST;
     let mut attempt = 1;
     loop {
-        let permit = s
-            .provider_slots
-            .acquire_permit(1)
-            .await
-            .map_err(|e| PaymentError::Provider {
-                message: format!("provider slots closed: {e}"),
-            })?;
+        let permit =
+            s.provider_slots
+                .acquire_permit(1)
+                .await
+                .map_err(|e| PaymentError::Provider {
+                    message: format!("provider slots closed: {e}"),
+                })?;
         let r = futures_lite::future::or(f(), async {
             glommio::timer::sleep(timeout).await;
             Err(PaymentError::Provider {

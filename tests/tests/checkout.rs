@@ -98,6 +98,48 @@ fn engine_error(r: Result<CheckoutResult, ClientError>) -> EngineError {
     }
 }
 
+/// A checkout, then followed to its end: the answer comes once the order is
+/// recorded (state `order_created`, the payment authorized); the deduction
+/// and the capture follow it.
+async fn done(
+    c: &Client,
+    req: CheckoutRequest,
+    key: Option<String>,
+) -> Result<CheckoutResult, ClientError> {
+    let placed = c.checkout(req, key).await?;
+    if placed.checkout.state == CheckoutState::OrderCreated {
+        assert_eq!(placed.checkout.payment.status, PaymentStatus::Authorized);
+    }
+    Ok(ended(c, placed).await)
+}
+
+/// Waits until the checkout of `r` ended (completed or in review) and reads its order again.
+async fn ended(c: &Client, r: CheckoutResult) -> CheckoutResult {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let checkout = c
+            .get_checkout(r.checkout.id)
+            .await
+            .expect("get_checkout")
+            .expect("the checkout is kept");
+        if checkout.state.is_terminal() {
+            let order = c
+                .get_order(r.order.id)
+                .await
+                .expect("get_order")
+                .expect("the order exists");
+            return CheckoutResult { checkout, order };
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkout {} stuck at {}",
+            checkout.id,
+            checkout.state.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn payment(order: &Order) -> &reserva_protocol::engine::Payment {
     &order.fulfilment.as_ref().expect("checkout order").payment
 }
@@ -111,8 +153,10 @@ async fn card_paths_end_as_an_order_or_fully_compensated() {
     stock(&c, &a, 1_000, &[("w1", 5), ("w2", 5)]).await;
     stock(&c, &b, 250, &[("w1", 3)]).await;
 
-    // Approves: lines on two shards, captured, deducted.
-    let ok = c
+    // Approves: lines on two shards. The answer comes once the order is
+    // recorded, with the card authorized and the stock held; the deduction
+    // and the capture follow.
+    let placed = c
         .checkout(
             request(
                 "alice",
@@ -123,6 +167,10 @@ async fn card_paths_end_as_an_order_or_fully_compensated() {
         )
         .await
         .expect("checkout");
+    assert_eq!(placed.checkout.state, CheckoutState::OrderCreated);
+    assert_eq!(placed.checkout.payment.status, PaymentStatus::Authorized);
+    assert_eq!(placed.checkout.holds.len(), 2);
+    let ok = ended(&c, placed).await;
     assert_eq!(ok.checkout.state, CheckoutState::Completed);
     assert_eq!(ok.order.status, OrderStatus::Confirmed);
     assert_eq!(ok.order.total, eur(2 * 1_000 + 250));
@@ -141,7 +189,8 @@ async fn card_paths_end_as_an_order_or_fully_compensated() {
         ("4000000000009995", "insufficient_funds"),
     ] {
         let e = engine_error(
-            c.checkout(
+            done(
+                &c,
                 request("bob", lines(&[(&a, 1), (&b, 1)]), card(number)),
                 None,
             )
@@ -155,7 +204,8 @@ async fn card_paths_end_as_an_order_or_fully_compensated() {
         assert_eq!(levels(&c, &b).await, (2, 0));
     }
     let e = engine_error(
-        c.checkout(
+        done(
+            &c,
             request("bob", lines(&[(&a, 1)]), card("4000000000000119")),
             None,
         )
@@ -166,7 +216,8 @@ async fn card_paths_end_as_an_order_or_fully_compensated() {
 
     // Not enough stock on one shard: nothing stays held on the other.
     let e = engine_error(
-        c.checkout(
+        done(
+            &c,
             request("bob", lines(&[(&a, 1), (&b, 3)]), card("4242424242424242")),
             None,
         )
@@ -177,19 +228,18 @@ async fn card_paths_end_as_an_order_or_fully_compensated() {
     assert_eq!(levels(&c, &b).await, (2, 0));
 
     // Bad input is refused before anything is held.
-    let bad = c
-        .checkout(request("bob", lines(&[(&a, 1)]), card("1234")), None)
-        .await;
+    let bad = done(&c, request("bob", lines(&[(&a, 1)]), card("1234")), None).await;
     assert!(matches!(
         bad,
         Err(ClientError::Server(WireError::InvalidRequest { .. }))
     ));
     let mut no_city = request("bob", lines(&[(&a, 1)]), card("4242424242424242"));
     no_city.ship_to.city.clear();
-    let e = engine_error(c.checkout(no_city, None).await);
+    let e = engine_error(done(&c, no_city, None).await);
     assert!(matches!(e, EngineError::InvalidInput { .. }), "{e:?}");
     let e = engine_error(
-        c.checkout(
+        done(
+            &c,
             request("bob", lines(&[(&a, 0)]), card("4242424242424242")),
             None,
         )
@@ -217,18 +267,19 @@ async fn store_credit_and_cash_on_delivery() {
             EngineError::InvalidInput { .. }
         )))
     ));
-    let ok = c
-        .checkout(
-            request("carol", lines(&[(&a, 2)]), PaymentInput::StoreCredit),
-            None,
-        )
-        .await
-        .expect("credit checkout");
+    let ok = done(
+        &c,
+        request("carol", lines(&[(&a, 2)]), PaymentInput::StoreCredit),
+        None,
+    )
+    .await
+    .expect("credit checkout");
     assert_eq!(payment(&ok.order).status, PaymentStatus::Captured);
     let account = c.get_credit("carol").await.unwrap().unwrap();
     assert_eq!((account.balance_minor, account.held_minor), (1_000, 0));
     let e = engine_error(
-        c.checkout(
+        done(
+            &c,
             request("carol", lines(&[(&a, 1)]), PaymentInput::StoreCredit),
             None,
         )
@@ -243,13 +294,13 @@ async fn store_credit_and_cash_on_delivery() {
     assert_eq!(levels(&c, &a).await, (8, 0));
 
     // Cash on delivery: authorized at checkout, captured on delivery.
-    let cod = c
-        .checkout(
-            request("dave", lines(&[(&a, 1)]), PaymentInput::CashOnDelivery),
-            None,
-        )
-        .await
-        .expect("cod checkout");
+    let cod = done(
+        &c,
+        request("dave", lines(&[(&a, 1)]), PaymentInput::CashOnDelivery),
+        None,
+    )
+    .await
+    .expect("cod checkout");
     assert_eq!(cod.order.status, OrderStatus::Confirmed);
     assert_eq!(payment(&cod.order).status, PaymentStatus::Authorized);
     let id = cod.order.id;
@@ -338,14 +389,14 @@ async fn cancel_return_and_refund_restock_and_pay_back() {
     stock(&c, &b, 300, &[("w2", 10)]).await;
 
     // Cancel before shipping: restocked, card refunded.
-    let o = c
-        .checkout(
-            request("erin", lines(&[(&a, 2), (&b, 1)]), card("4242424242424242")),
-            None,
-        )
-        .await
-        .unwrap()
-        .order;
+    let o = done(
+        &c,
+        request("erin", lines(&[(&a, 2), (&b, 1)]), card("4242424242424242")),
+        None,
+    )
+    .await
+    .unwrap()
+    .order;
     assert_eq!(levels(&c, &a).await, (8, 0));
     let o = c
         .order_action(
@@ -365,14 +416,14 @@ async fn cancel_return_and_refund_restock_and_pay_back() {
     assert_eq!(levels(&c, &b).await, (10, 0));
 
     // Deliver, return one unit of a: approve, receive (restock), refund.
-    let o = c
-        .checkout(
-            request("erin", lines(&[(&a, 3)]), card("4242424242424242")),
-            None,
-        )
-        .await
-        .unwrap()
-        .order;
+    let o = done(
+        &c,
+        request("erin", lines(&[(&a, 3)]), card("4242424242424242")),
+        None,
+    )
+    .await
+    .unwrap()
+    .order;
     for action in [
         OrderAction::Pack,
         OrderAction::Ship {
@@ -465,7 +516,7 @@ async fn fraud_rules_hold_for_review_or_reject() {
     // warehouse (Berlin) ships it.
     let mut req = request("frank", lines(&[(&a, 1)]), card("4000000760000002"));
     req.ship_to = address("DE");
-    let r = c.checkout(req.clone(), None).await.unwrap();
+    let r = done(&c, req.clone(), None).await.unwrap();
     assert_eq!(r.checkout.state, CheckoutState::InReview);
     assert_eq!(r.order.status, OrderStatus::Review);
     assert_eq!(r.order.lines[0].warehouse, "ber");
@@ -486,7 +537,7 @@ async fn fraud_rules_hold_for_review_or_reject() {
     assert_eq!(levels(&c, &a).await, (19, 0));
 
     // Rejected after review: restocked and voided.
-    let r = c.checkout(req, None).await.unwrap();
+    let r = done(&c, req, None).await.unwrap();
     let o = c
         .order_action(r.order.id, OrderAction::RejectReview, None)
         .await
@@ -497,7 +548,8 @@ async fn fraud_rules_hold_for_review_or_reject() {
 
     // A third checkout within the hour trips the user velocity rule: rejected.
     let e = engine_error(
-        c.checkout(
+        done(
+            &c,
             request("frank", lines(&[(&a, 1)]), card("4242424242424242")),
             None,
         )
@@ -519,12 +571,12 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
     stock(&c, &a, 100, &[("w1", 50)]).await;
     stock(&c, &b, 100, &[("w1", 50)]).await;
 
-    let empty = c
-        .checkout(
-            request("gina", CheckoutSource::Cart, card("4242424242424242")),
-            None,
-        )
-        .await;
+    let empty = done(
+        &c,
+        request("gina", CheckoutSource::Cart, card("4242424242424242")),
+        None,
+    )
+    .await;
     assert!(matches!(
         empty,
         Err(ClientError::Server(WireError::Engine(
@@ -533,13 +585,13 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
     ));
     c.cart_set("gina", &a, 2).await.unwrap();
     c.cart_set("gina", &b, 3).await.unwrap();
-    let r = c
-        .checkout(
-            request("gina", CheckoutSource::Cart, card("4242424242424242")),
-            None,
-        )
-        .await
-        .unwrap();
+    let r = done(
+        &c,
+        request("gina", CheckoutSource::Cart, card("4242424242424242")),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.order.lines.iter().map(|l| l.qty).sum::<u32>(), 5);
     assert!(c.get_cart("gina").await.unwrap().is_empty());
 
@@ -556,17 +608,17 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
         )
         .await
         .unwrap();
-    let r = c
-        .checkout(
-            request(
-                "gina",
-                CheckoutSource::Reservation(held.reservation_id),
-                card("4242424242424242"),
-            ),
-            None,
-        )
-        .await
-        .unwrap();
+    let r = done(
+        &c,
+        request(
+            "gina",
+            CheckoutSource::Reservation(held.reservation_id),
+            card("4242424242424242"),
+        ),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.order.lines[0].qty, 4);
     assert_eq!(levels(&c, &a).await, (44, 0));
     assert!(
@@ -589,7 +641,8 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
         .await
         .unwrap();
     let e = engine_error(
-        c.checkout(
+        done(
+            &c,
             request(
                 "gina",
                 CheckoutSource::Reservation(theirs.reservation_id),
@@ -604,12 +657,10 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
 
     // The same key, sequentially and concurrently: one order, one deduction.
     let req = request("ivan", lines(&[(&b, 1)]), card("4242424242424242"));
-    let first = c
-        .checkout(req.clone(), Some("ivan-cart-1".into()))
+    let first = done(&c, req.clone(), Some("ivan-cart-1".into()))
         .await
         .unwrap();
-    let again = c
-        .checkout(req.clone(), Some("ivan-cart-1".into()))
+    let again = done(&c, req.clone(), Some("ivan-cart-1".into()))
         .await
         .unwrap();
     assert_eq!(first.order.id, again.order.id);
@@ -617,7 +668,7 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
     for _ in 0..8 {
         let (c, req) = (c.clone(), req.clone());
         tasks.push(tokio::spawn(async move {
-            c.checkout(req, Some("ivan-cart-2".into())).await
+            done(&c, req, Some("ivan-cart-2".into())).await
         }));
     }
     let mut ids = Vec::new();
@@ -627,12 +678,12 @@ async fn checkout_from_cart_or_reservation_and_retries_place_one_order() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "one order for one key: {ids:?}");
     assert_eq!(levels(&c, &b).await, (50 - 3 - 2, 0));
-    let conflict = c
-        .checkout(
-            request("ivan", lines(&[(&b, 2)]), card("4242424242424242")),
-            Some("ivan-cart-1".into()),
-        )
-        .await;
+    let conflict = done(
+        &c,
+        request("ivan", lines(&[(&b, 2)]), card("4242424242424242")),
+        Some("ivan-cart-1".into()),
+    )
+    .await;
     assert!(matches!(
         conflict,
         Err(ClientError::Server(WireError::Engine(
@@ -660,25 +711,63 @@ fn quick_client_config() -> ClientConfig {
     cfg
 }
 
+/// How a checkout crashed at a failpoint ends after the restart.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    /// A confirmed order, the card captured, the stock deducted once.
+    Order,
+    /// Undone: failed `checkout_interrupted`, nothing held, no order.
+    Interrupted,
+    /// Before its first record was durable: either undone, or (the record
+    /// was lost with the crash) the retry is a new checkout that places the order.
+    OrderOrInterrupted,
+    /// Declined by the card: compensated, nothing held.
+    Declined,
+}
+
+async fn orders_of(c: &Client, user: &str) -> usize {
+    match c
+        .execute(reserva_protocol::Op::Query(
+            reserva_protocol::Query::ListOrders {
+                user_id: user.into(),
+                after: None,
+                limit: 10,
+            },
+        ))
+        .await
+        .unwrap()
+    {
+        reserva_protocol::Reply::Orders { orders, .. } => orders.len(),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Crash (abort, like `kill -9`) at each step of a checkout; after a restart
-/// the saga resumes on its own and ends as exactly one of: a confirmed order
-/// with the payment captured and the stock deducted, or fully compensated.
+/// the checkout ends on its own as exactly one of: a confirmed order with the
+/// payment captured and the stock deducted once (once the order record was
+/// durable), or nothing held and nothing charged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_step_resumes_to_one_of_two_ends() {
     let cases = [
-        ("checkout.started", "4242424242424242", true),
-        ("checkout.reserved", "4242424242424242", true),
-        ("checkout.scored", "4242424242424242", true),
-        ("checkout.provider_authorized", "4242424242424242", true),
-        ("checkout.authorized", "4242424242424242", true),
-        ("checkout.order_created", "4242424242424242", true),
-        ("checkout.stock_confirmed", "4242424242424242", true),
-        ("checkout.provider_captured", "4242424242424242", true),
-        ("checkout.compensating", "4000000000000002", false),
+        (
+            "checkout.started",
+            "4242424242424242",
+            End::OrderOrInterrupted,
+        ),
+        ("checkout.held", "4242424242424242", End::OrderOrInterrupted),
+        (
+            "checkout.provider_authorized",
+            "4242424242424242",
+            End::Interrupted,
+        ),
+        ("checkout.order_created", "4242424242424242", End::Order),
+        ("checkout.deducted", "4242424242424242", End::Order),
+        ("checkout.provider_captured", "4242424242424242", End::Order),
+        ("checkout.compensating", "4000000000000002", End::Declined),
     ];
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (sku_on(50, 0), sku_on(51, 0));
-    for (i, (failpoint, number, completes)) in cases.into_iter().enumerate() {
+    for (i, (failpoint, number, end)) in cases.into_iter().enumerate() {
         let data = dir.path().join(format!("case-{i}"));
         let mut server = Server::start_with_env(&data, &[], &[("RESERVA_FAILPOINT", failpoint)]);
         let c = client(&server).await;
@@ -702,52 +791,55 @@ async fn a_crash_at_any_step_resumes_to_one_of_two_ends() {
         server.clear_env();
         server.restart();
         let c = client(&server).await;
-        // The saga ends on its own, without the caller.
-        let (on_hand_a, reserved_a) = settled(&c, &a).await;
-        let (on_hand_b, reserved_b) = settled(&c, &b).await;
+        // The checkout ends on its own, without the caller.
+        let (_, reserved_a) = settled(&c, &a).await;
+        let (_, reserved_b) = settled(&c, &b).await;
         assert_eq!(
             (reserved_a, reserved_b),
             (0, 0),
             "{failpoint}: stock still held"
         );
         // The caller's retry with the same key gets the one outcome.
-        let again = c.checkout(req.clone(), Some(key.clone())).await;
-        if completes {
-            let r = again.unwrap_or_else(|e| panic!("{failpoint}: {e:?}"));
-            assert_eq!(r.order.status, OrderStatus::Confirmed, "{failpoint}");
+        let again = done(&c, req.clone(), Some(key.clone())).await;
+        let placed = match (end, again) {
+            (End::Order | End::OrderOrInterrupted, Ok(r)) => {
+                assert_eq!(r.order.status, OrderStatus::Confirmed, "{failpoint}");
+                assert_eq!(
+                    payment(&r.order).status,
+                    PaymentStatus::Captured,
+                    "{failpoint}"
+                );
+                true
+            }
+            (End::Interrupted | End::OrderOrInterrupted, Err(e)) => {
+                let e = engine_error(Err(e));
+                assert!(
+                    matches!(e, EngineError::CheckoutInterrupted { .. }),
+                    "{failpoint}: {e:?}"
+                );
+                false
+            }
+            (End::Declined, Err(e)) => {
+                let e = engine_error(Err(e));
+                assert!(
+                    matches!(e, EngineError::PaymentDeclined { .. }),
+                    "{failpoint}: {e:?}"
+                );
+                false
+            }
+            (end, other) => panic!("{failpoint}: expected {end:?}, got {other:?}"),
+        };
+        let levels_now = (levels(&c, &a).await, levels(&c, &b).await);
+        if placed {
             assert_eq!(
-                payment(&r.order).status,
-                PaymentStatus::Captured,
-                "{failpoint}"
-            );
-            assert_eq!(
-                (on_hand_a, on_hand_b),
-                (8, 9),
+                levels_now,
+                ((8, 0), (9, 0)),
                 "{failpoint}: stock not deducted once"
             );
-            let orders = c
-                .execute(reserva_protocol::Op::Query(
-                    reserva_protocol::Query::ListOrders {
-                        user_id: "kim".into(),
-                        after: None,
-                        limit: 10,
-                    },
-                ))
-                .await
-                .unwrap();
-            match orders {
-                reserva_protocol::Reply::Orders { orders, .. } => {
-                    assert_eq!(orders.len(), 1, "{failpoint}: {orders:?}")
-                }
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(orders_of(&c, "kim").await, 1, "{failpoint}");
         } else {
-            let e = engine_error(again);
-            assert!(
-                matches!(e, EngineError::PaymentDeclined { .. }),
-                "{failpoint}: {e:?}"
-            );
-            assert_eq!((on_hand_a, on_hand_b), (10, 10), "{failpoint}: stock lost");
+            assert_eq!(levels_now, ((10, 0), (10, 0)), "{failpoint}: stock lost");
+            assert_eq!(orders_of(&c, "kim").await, 0, "{failpoint}");
         }
         server.kill9();
     }
@@ -779,12 +871,12 @@ async fn scarce_stock_race_reconciles_exactly() {
                 1 => PaymentInput::StoreCredit,
                 _ => card("4242424242424242"),
             };
-            let r = c
-                .checkout(
-                    request(&format!("u{i}"), lines(&[(&a, 1), (&b, 1)]), pay),
-                    None,
-                )
-                .await;
+            let r = done(
+                &c,
+                request(&format!("u{i}"), lines(&[(&a, 1), (&b, 1)]), pay),
+                None,
+            )
+            .await;
             (i, r)
         }));
     }
@@ -895,7 +987,7 @@ async fn kill9_under_checkout_load_loses_nothing_acknowledged() {
     let mut placed = 0u64;
     let mut acknowledged = 0;
     for (key, req, first) in attempts {
-        let again = c.checkout(req, Some(key.clone())).await;
+        let again = done(&c, req, Some(key.clone())).await;
         match (&first, &again) {
             (Ok(id), Ok(r)) => {
                 acknowledged += 1;
@@ -905,6 +997,7 @@ async fn kill9_under_checkout_load_loses_nothing_acknowledged() {
             (Err(_), _) => {}
         }
         if let Ok(r) = again {
+            let r = ended(&c, r).await;
             assert_eq!(r.order.status, OrderStatus::Confirmed);
             assert_eq!(payment(&r.order).status, PaymentStatus::Captured);
             placed += 1;

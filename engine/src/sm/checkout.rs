@@ -315,12 +315,17 @@ impl ShardState {
             Some(id) => {
                 validate::id("owner", owner)?;
                 if !lines.is_empty() {
-                    return Err(invalid("lines", "must be empty when adopting a reservation"));
+                    return Err(invalid(
+                        "lines",
+                        "must be empty when adopting a reservation",
+                    ));
                 }
                 if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
                     return Err(invalid(
                         "ttl_ms",
-                        format!("{ttl_ms} outside TTL_MS_MIN..=TTL_MS_MAX ({TTL_MS_MIN}..={TTL_MS_MAX})"),
+                        format!(
+                            "{ttl_ms} outside TTL_MS_MIN..=TTL_MS_MAX ({TTL_MS_MIN}..={TTL_MS_MAX})"
+                        ),
                     ));
                 }
                 validate::minted_on(id.shard(), self.shard)?;
@@ -471,14 +476,9 @@ impl ShardState {
         if self.orders.len() >= ORDERS_MAX {
             return Err(limit_reached("ORDERS_MAX", ORDERS_MAX as u64));
         }
-        let c = self.checkout_in(id, &[CheckoutState::Started])?;
-        if matches!(c.payment.method, PaymentMethod::Card { .. }) && p.auth_ref.is_empty() {
-            return Err(invalid(
-                "auth_ref",
-                "a card authorization needs a reference",
-            ));
-        }
-        let saved = c.clone();
+        // A card needs an authorization unless the rules reject the checkout
+        // (then none was asked for): `checkout_authorized` checks it.
+        let saved = self.checkout_in(id, &[CheckoutState::Started])?.clone();
         let result = self.place_steps(now, id, p);
         if result.is_err() {
             // Undo: the checkout as it was, and no store-credit hold.
