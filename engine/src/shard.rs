@@ -414,10 +414,10 @@ impl Shard {
         expire.truncate(TICK_EXPIRIES_MAX);
         if expire.len() < before
             && expire.is_empty()
-            && !self
+            && self
                 .state
                 .next_housekeeping_deadline_ms()
-                .is_some_and(|at| at <= now_ms)
+                .is_none_or(|at| at > now_ms)
         {
             return None;
         }

@@ -2972,3 +2972,234 @@ fn wishlists_survive_the_image_and_change_the_checksum() {
     });
     assert!(ShardState::from_image(bad).is_err());
 }
+
+mod two_round_checkout {
+    use reserva_engine::ids::ReservationId;
+    use reserva_engine::limits::TTL_MS_MIN;
+    use reserva_engine::shard::Shard;
+    use reserva_engine::sm::{
+        Command, CommerceCommand, CommerceOutcome, EngineError, Money, Outcome, Request,
+        ReserveLine, ShardState,
+    };
+
+    fn sku_on(shard: u16) -> String {
+        (0..)
+            .map(|i| format!("sku-{i}"))
+            .find(|s| reserva_engine::ids::shard_of(s) == shard)
+            .unwrap()
+    }
+
+    fn stocked(shard: u16, sku: &str, units: u64) -> ShardState {
+        let mut s = ShardState::new(shard);
+        let upsert = Command::UpsertSku {
+            sku: sku.into(),
+            seller_id: "s1".into(),
+            title: "t".into(),
+            price: Money {
+                amount_minor: 700,
+                currency: reserva_engine::sm::Currency(*b"EUR"),
+            },
+        };
+        s.apply(0, &Request::new(upsert)).unwrap();
+        let stock = Command::SetStock {
+            sku: sku.into(),
+            warehouse: "w1".into(),
+            on_hand: units,
+        };
+        s.apply(0, &Request::new(stock)).unwrap();
+        s
+    }
+
+    fn commerce(c: CommerceCommand) -> Request {
+        Request::new(Command::Commerce(Box::new(c)))
+    }
+
+    fn hold(
+        s: &mut ShardState,
+        now: u64,
+        sku: &str,
+        qty: u32,
+    ) -> Result<CommerceOutcome, EngineError> {
+        let r = s.apply(
+            now,
+            &commerce(CommerceCommand::CheckoutHold {
+                owner: "kim".into(),
+                lines: vec![ReserveLine {
+                    sku: sku.into(),
+                    qty,
+                }],
+                adopt: None,
+                ttl_ms: TTL_MS_MIN,
+                warehouse_preference: vec![],
+            }),
+        )?;
+        match r.outcome {
+            Outcome::Commerce(o) => Ok(*o),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hold_answers_its_prices_and_is_deducted_past_its_deadline() {
+        let sku = sku_on(7);
+        let mut s = stocked(7, &sku, 5);
+        let CommerceOutcome::Held {
+            hold: h,
+            prices,
+            lines,
+        } = hold(&mut s, 1_000, &sku, 2).unwrap()
+        else {
+            panic!("not held")
+        };
+        assert_eq!(prices.len(), 1);
+        assert_eq!(prices[0].unit_price.amount_minor, 700);
+        assert_eq!(prices[0].seller_id, "s1");
+        assert_eq!(lines[0].qty, 2);
+        // Not enough left for 4 more: refused, nothing changes.
+        assert!(matches!(
+            hold(&mut s, 1_000, &sku, 4),
+            Err(EngineError::InsufficientStock { .. })
+        ));
+        // Past its deadline a Confirm refuses, a HoldDeduct deducts while it is live.
+        let late = h.expires_at_ms + 1;
+        let confirm = Request::new(Command::Confirm {
+            reservation_id: h.reservation_id,
+        });
+        assert!(matches!(
+            s.apply(late, &confirm),
+            Err(EngineError::ReservationExpired { .. })
+        ));
+        let deduct = commerce(CommerceCommand::HoldDeduct {
+            reservation_id: h.reservation_id,
+        });
+        let r = s.apply(late, &deduct).unwrap();
+        assert!(matches!(
+            r.outcome,
+            Outcome::Commerce(ref o) if matches!(**o, CommerceOutcome::Deducted { ref allocations } if allocations[0].qty == 2)
+        ));
+        let w = s.sku(&sku).unwrap().warehouse("w1").unwrap().clone();
+        assert_eq!((w.on_hand, w.reserved), (3, 0));
+        // Gone now: a second deduction finds nothing.
+        assert!(matches!(
+            s.apply(late, &deduct),
+            Err(EngineError::UnknownReservation { .. })
+        ));
+    }
+
+    #[test]
+    fn an_adopted_reservation_must_be_the_owners_and_is_kept_at_least_the_ttl() {
+        let sku = sku_on(9);
+        let mut s = stocked(9, &sku, 5);
+        let reserve = Request::new(Command::Reserve {
+            owner: "kim".into(),
+            lines: vec![ReserveLine {
+                sku: sku.clone(),
+                qty: 1,
+            }],
+            ttl_ms: Some(TTL_MS_MIN),
+            warehouse_preference: vec![],
+        });
+        let Outcome::Reserved {
+            reservation_id,
+            expires_at_ms,
+            ..
+        } = s.apply(0, &reserve).unwrap().outcome
+        else {
+            panic!()
+        };
+        let adopt = |owner: &str| {
+            commerce(CommerceCommand::CheckoutHold {
+                owner: owner.into(),
+                lines: vec![],
+                adopt: Some(reservation_id),
+                ttl_ms: 60_000,
+                warehouse_preference: vec![],
+            })
+        };
+        assert!(matches!(
+            s.apply(10, &adopt("eve")),
+            Err(EngineError::InvalidInput { .. })
+        ));
+        let r = s.apply(10, &adopt("kim")).unwrap();
+        let Outcome::Commerce(o) = r.outcome else {
+            panic!()
+        };
+        let CommerceOutcome::Held {
+            hold,
+            lines,
+            prices,
+        } = *o
+        else {
+            panic!()
+        };
+        assert_eq!(hold.reservation_id, reservation_id);
+        assert_eq!(hold.expires_at_ms, 60_010);
+        assert!(hold.expires_at_ms > expires_at_ms);
+        assert_eq!(lines[0].qty, 1);
+        assert_eq!(prices.len(), 1);
+        // Its new deadline is the one expiry sees.
+        assert!(s.due_expirations(expires_at_ms, 10).is_empty());
+        assert_eq!(s.due_expirations(60_010, 10), vec![reservation_id]);
+    }
+
+    #[test]
+    fn a_tick_spares_what_the_server_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let sku = sku_on(11);
+        let mut shard = Shard::open(dir.path(), 11, Default::default()).unwrap().0;
+        for r in [
+            Request::new(Command::UpsertSku {
+                sku: sku.clone(),
+                seller_id: "s1".into(),
+                title: "t".into(),
+                price: Money {
+                    amount_minor: 1,
+                    currency: reserva_engine::sm::Currency(*b"EUR"),
+                },
+            }),
+            Request::new(Command::SetStock {
+                sku: sku.clone(),
+                warehouse: "w1".into(),
+                on_hand: 5,
+            }),
+        ] {
+            shard.commit(0, [r]).unwrap();
+        }
+        let mut ids: Vec<ReservationId> = Vec::new();
+        for _ in 0..2 {
+            let r = Request::new(Command::Reserve {
+                owner: "kim".into(),
+                lines: vec![ReserveLine {
+                    sku: sku.clone(),
+                    qty: 1,
+                }],
+                ttl_ms: Some(TTL_MS_MIN),
+                warehouse_preference: vec![],
+            });
+            match shard.commit(0, [r]).unwrap().remove(0).unwrap() {
+                Outcome::Reserved { reservation_id, .. } => ids.push(reservation_id),
+                other => panic!("{other:?}"),
+            }
+        }
+        let due = TTL_MS_MIN + 1;
+        let tick = |spared: &[ReservationId]| {
+            shard
+                .tick_request_sparing(due, |id| spared.contains(&id))
+                .map(|r| r.command)
+        };
+        assert_eq!(
+            tick(&[]),
+            Some(Command::Tick {
+                expire: ids.clone()
+            })
+        );
+        assert_eq!(
+            tick(&ids[..1]),
+            Some(Command::Tick {
+                expire: vec![ids[1]]
+            })
+        );
+        // Nothing but spared reservations due: no tick at all.
+        assert_eq!(tick(&ids), None);
+    }
+}

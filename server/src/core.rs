@@ -136,11 +136,25 @@ pub struct Core {
     followups: Cell<bool>,
 }
 
+/// Environment variable with milliseconds added to the server's clock: a
+/// test hook (a restart "after a long stop" in crash tests). Never set it
+/// in production.
+pub const CLOCK_SKEW_ENV: &str = "RESERVA_CLOCK_SKEW_MS";
+
+static CLOCK_SKEW_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 /// Wall-clock time in Unix ms: the only clock reading of the server, stamped on each batch.
 pub fn now_ms() -> u64 {
+    let skew = *CLOCK_SKEW_MS.get_or_init(|| {
+        std::env::var(CLOCK_SKEW_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    });
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+        .saturating_add(skew)
 }
 
 impl Core {

@@ -184,6 +184,12 @@ impl Server {
         self.env.clear();
     }
 
+    /// Sets an environment variable for later restarts.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Waits up to `timeout` for the process to exit on its own; its status if it did.
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;

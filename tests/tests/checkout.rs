@@ -845,6 +845,134 @@ async fn a_crash_at_any_step_resumes_to_one_of_two_ends() {
     }
 }
 
+/// A hold under a recorded order is never expired, not even when the node
+/// comes back after its deadline: the order record is durable, the node
+/// stops before the deduction, and restarts with its clock 16 minutes later
+/// (past `CHECKOUT_HOLD_TTL_MS`). The order completes, deducted once; a
+/// plain reservation made before the stop did expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_under_an_order_outlives_its_deadline_across_a_long_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_with_env(
+        &data,
+        &[],
+        &[("RESERVA_FAILPOINT", "checkout.order_created")],
+    );
+    let c = client(&server).await;
+    let (a, b) = (sku_on(80, 0), sku_on(81, 0));
+    stock(&c, &a, 500, &[("w1", 10)]).await;
+    stock(&c, &b, 200, &[("w2", 10)]).await;
+    let plain = c
+        .execute(reserva_protocol::Op::Mutate(
+            reserva_protocol::engine::Request::new(reserva_protocol::engine::Command::Reserve {
+                owner: "lee".into(),
+                lines: vec![reserva_protocol::engine::ReserveLine {
+                    sku: a.clone(),
+                    qty: 1,
+                }],
+                ttl_ms: Some(60_000),
+                warehouse_preference: Vec::new(),
+            }),
+        ))
+        .await
+        .expect("reserve");
+    assert!(matches!(
+        plain,
+        reserva_protocol::Reply::Outcome(reserva_protocol::engine::Outcome::Reserved { .. })
+    ));
+    let req = request("kim", lines(&[(&a, 2), (&b, 1)]), card("4242424242424242"));
+    let crashing = Client::connect(&server.addr, quick_client_config())
+        .await
+        .unwrap();
+    let first = crashing.checkout(req.clone(), Some("late".into())).await;
+    assert!(first.is_err(), "answered {first:?} before the crash");
+    server
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("the server stops at the failpoint");
+
+    server.clear_env();
+    server.set_env("RESERVA_CLOCK_SKEW_MS", &(16 * 60 * 1_000).to_string());
+    server.restart();
+    let c = client(&server).await;
+    let r = done(&c, req, Some("late".into()))
+        .await
+        .expect("the recorded order completes");
+    assert_eq!(r.checkout.state, CheckoutState::Completed);
+    assert_eq!(r.order.status, OrderStatus::Confirmed);
+    assert_eq!(payment(&r.order).status, PaymentStatus::Captured);
+    // Deducted once; the plain reservation expired (its unit is back).
+    assert_eq!(settled(&c, &a).await, (8, 0));
+    assert_eq!(settled(&c, &b).await, (9, 0));
+    assert_eq!(orders_of(&c, "kim").await, 1);
+}
+
+/// A slow provider never holds a core and every call is bounded: a card
+/// that never answers times out, is retried with the same key, and the
+/// checkout fails `payment_failed` with nothing held; checkouts with a slow
+/// card (1 s) in flight do not delay a checkout with a fast one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_silent_payment_providers_neither_block_nor_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("checkout.toml");
+    std::fs::write(&config, "[payments]\ntimeout_ms = 1500\nattempts = 2\n").unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--checkout-config", config.to_str().unwrap()]);
+    let c = client(&server).await;
+    let a = sku_on(90, 0);
+    stock(&c, &a, 300, &[("w1", 100)]).await;
+
+    // The card that never answers: two attempts of 1.5 s, then compensation.
+    let e = engine_error(
+        done(
+            &c,
+            request("sam", lines(&[(&a, 1)]), card("4000000000000259")),
+            None,
+        )
+        .await,
+    );
+    assert!(matches!(e, EngineError::PaymentFailed { .. }), "{e:?}");
+    assert_eq!(settled(&c, &a).await, (100, 0));
+
+    // Slow cards in flight; a fast card overtakes all of them.
+    let mut slow = Vec::new();
+    for i in 0..8 {
+        let c = c.clone();
+        let a = a.clone();
+        slow.push(tokio::spawn(async move {
+            done(
+                &c,
+                request(
+                    &format!("slow{i}"),
+                    lines(&[(&a, 1)]),
+                    card("4000000000003220"),
+                ),
+                None,
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = c
+        .checkout(
+            request("quick", lines(&[(&a, 1)]), card("4242424242424242")),
+            None,
+        )
+        .await
+        .expect("fast checkout");
+    assert_eq!(fast.checkout.state, CheckoutState::OrderCreated);
+    assert!(
+        slow.iter().all(|t| !t.is_finished()),
+        "a slow provider call delayed a fast checkout"
+    );
+    for t in slow {
+        let r = t.await.unwrap().expect("slow card checkout");
+        assert_eq!(r.order.status, OrderStatus::Confirmed);
+    }
+    ended(&c, fast).await;
+    assert_eq!(settled(&c, &a).await, (91, 0));
+}
+
 /// Many users race for scarce stock on two shards while a third of the
 /// cards decline and some pay with store credit: at the end stock,
 /// reservations, orders and payment ledgers reconcile exactly.
