@@ -38,12 +38,16 @@ pub struct CheckoutRequest {
     pub ship_to: Address,
 }
 
-/// A finished checkout.
+/// A placed checkout: its order is recorded durably.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckoutResult {
-    /// The saga's record (state `completed` or `in_review`).
+    /// The saga's record: state `order_created` when answered as soon as the
+    /// order was recorded (stock deduction and capture follow on their own),
+    /// or `completed` / `in_review` when a retry finds it finished.
     pub checkout: Checkout,
-    /// The order it placed (status `confirmed`, or `review` when held for fraud review).
+    /// The order it placed: `placed` (payment authorized) right after the
+    /// order record, `confirmed` once settled, or `review` when held for
+    /// fraud review.
     pub order: Order,
 }
 
@@ -68,11 +72,13 @@ impl Client {
         }
     }
 
-    /// Runs a checkout to its end: stock held on every SKU's shard, fraud
-    /// scored, payment authorized, order created, stock deducted, payment
-    /// captured. On failure everything is compensated and the error says why
-    /// (`InsufficientStock`, `PaymentDeclined`, `PaymentFailed`,
-    /// `FraudRejected`, ...).
+    /// Runs a checkout until its order is recorded: stock held on every SKU's
+    /// shard, fraud scored, payment authorized, order created. The stock
+    /// deduction and the capture follow the answer and are guaranteed by the
+    /// node (see `get_checkout` to follow them). On failure everything is
+    /// compensated and the error says why (`InsufficientStock`,
+    /// `PaymentDeclined`, `PaymentFailed`, `FraudRejected`,
+    /// `CheckoutInterrupted`, ...).
     ///
     /// Exactly once: retries (here and by the caller with the same
     /// `idempotency_key`) attach to the same checkout. One key is generated
