@@ -103,8 +103,10 @@ struct RunArgs {
     /// What to run.
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// Units per second (open loop), or `max` to search for the highest rate
-    /// whose p99 stays under `--slo`. For `spike`, the baseline rate.
+    /// Units per second (open loop): `N` or `N/s`, or per minute as `N/min`
+    /// (`100000/min` is the platform's peak of orders); or `max` to search for
+    /// the highest rate whose p99 stays under `--slo`. For `spike`, the
+    /// baseline rate.
     #[arg(long, default_value = "1000")]
     rate: String,
     /// How long: `30s`, `5m`, or seconds.
@@ -317,6 +319,7 @@ async fn run<B: Binding>(a: RunArgs, binding: Arc<B>) -> anyhow::Result<std::pro
     let mut verify_problems = Vec::new();
     let mut oversold_before = 0;
     let before = if a.verify {
+        verify::check_catalogue(&*binding, &catalog).await?;
         eprintln!(
             "verify: reading the stock of {} SKUs before the run",
             catalog.skus
@@ -366,12 +369,7 @@ async fn run<B: Binding>(a: RunArgs, binding: Arc<B>) -> anyhow::Result<std::pro
     } else if a.rate == "max" {
         search_max(&a, ctx.clone(), opts).await?
     } else {
-        let rate: f64 = a
-            .rate
-            .parse()
-            .ok()
-            .filter(|r: &f64| *r > 0.0 && r.is_finite())
-            .with_context(|| format!("--rate {:?} is not a positive number or max", a.rate))?;
+        let rate = parse_rate(&a.rate)?;
         let profile = match a.scenario {
             Scenario::Spike => Profile::Spike {
                 base: rate,
@@ -417,6 +415,28 @@ async fn run<B: Binding>(a: RunArgs, binding: Arc<B>) -> anyhow::Result<std::pro
         plot::draw(&report, p)?;
     }
     Ok(code)
+}
+
+/// A rate in units per second from `N`, `N/s` or `N/min`.
+fn parse_rate(text: &str) -> anyhow::Result<f64> {
+    let t = text.trim();
+    let (number, per_s) = if let Some(n) = t.strip_suffix("/min") {
+        (n, 1.0 / 60.0)
+    } else if let Some(n) = t.strip_suffix("/s") {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    number
+        .trim()
+        .replace('_', "")
+        .parse::<f64>()
+        .ok()
+        .map(|r| r * per_s)
+        .filter(|r| *r > 0.0 && r.is_finite())
+        .with_context(|| {
+            format!("--rate {text:?} is not a positive rate: give N, N/s, N/min or max")
+        })
 }
 
 fn mean_rate(profile: Profile, duration: Duration) -> f64 {
@@ -638,4 +658,26 @@ async fn search_max<B: Binding>(
     );
     report.rate_search = steps;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_are_per_second_or_per_minute() {
+        assert_eq!(parse_rate("1667").unwrap(), 1667.0);
+        assert_eq!(parse_rate("2500/s").unwrap(), 2500.0);
+        assert_eq!(parse_rate("100000/min").unwrap(), 100_000.0 / 60.0);
+        assert_eq!(parse_rate("100_000/min").unwrap(), 100_000.0 / 60.0);
+        assert_eq!(parse_rate("0.5").unwrap(), 0.5);
+    }
+
+    #[test]
+    fn bad_rates_are_refused_with_the_accepted_forms() {
+        for bad in ["", "0", "-5", "abc", "10/h", "inf", "NaN/s", "/min"] {
+            let e = parse_rate(bad).unwrap_err().to_string();
+            assert!(e.contains("N/min"), "{bad}: {e}");
+        }
+    }
 }

@@ -128,6 +128,34 @@ const VERIFY_ATTEMPTS: u32 = 5;
 /// SKU indices and their stock rows.
 type Chunk = (Vec<u32>, Vec<Vec<StockRow>>);
 
+/// Fails fast, with what to do, when the target does not hold the catalogue
+/// the run expects (say it was seeded with fewer SKUs than `--skus`): its
+/// first and last SKU must answer at once, without retries.
+pub async fn check_catalogue<B: Binding>(binding: &B, catalog: &Catalog) -> anyhow::Result<()> {
+    let last = catalog.skus.saturating_sub(1);
+    for sku in [0, last] {
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            binding.stock_rows(vec![sku]),
+        )
+        .await;
+        let problem = match answer {
+            Ok(Ok(rows)) if rows.first().is_some_and(|w| !w.is_empty()) => continue,
+            Ok(Ok(_)) => "it has no stock rows".to_string(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "no answer within 10 s".to_string(),
+        };
+        anyhow::bail!(
+            "the target does not hold {} ({problem}): this run expects --skus {} --warehouses {}; \
+             give `run` the --skus and --warehouses that `seed` was given",
+            sku_name(sku),
+            catalog.skus,
+            catalog.warehouses
+        );
+    }
+    Ok(())
+}
+
 /// Reads every SKU's rows, checking row invariants on the way.
 pub async fn snapshot<B: Binding>(
     binding: &B,

@@ -749,3 +749,26 @@ async fn a_shard_aware_client_follows_a_moved_shard() {
     let shards = json(four.cli(&["--output", "json", "shards"]));
     assert_eq!(shards["shards"][10]["core"], 2, "{shards}");
 }
+
+/// `reserva shards --output json | head`: a reader that closes the pipe ends
+/// the CLI quietly (exit 0, no panic), as Unix tools do.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut child = Command::new(cli_binary())
+        .arg("--admin")
+        .arg(&server.admin)
+        .args(["shards", "--output", "json"])
+        .env_remove("RESERVA_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the CLI has its answer to print.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

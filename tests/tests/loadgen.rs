@@ -181,3 +181,58 @@ fn the_http_target_drives_the_rest_gateway_and_reconciles() {
         assert!(stderr.contains("verify: OK"), "{scenario}: {stderr}");
     }
 }
+
+/// `run --verify` with a bigger `--skus` than was seeded fails at once and
+/// says what to pass; `--rate` takes orders per minute.
+#[test]
+fn a_run_against_a_smaller_catalogue_fails_fast_and_rates_take_per_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let target = format!("reserva://{}", server.addr);
+    seed(&target);
+    let started = std::time::Instant::now();
+    let out = loadgen(&[
+        "run",
+        "--target",
+        &target,
+        "--scenario",
+        "reserve",
+        "--rate",
+        "100000/min",
+        "--duration",
+        "1s",
+        "--verify",
+        "--quiet",
+        "--skus",
+        "100000",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not hold sku-99999") && stderr.contains("--skus"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let mut args = vec![
+        "run",
+        "--target",
+        &target,
+        "--scenario",
+        "reserve",
+        "--rate",
+        "30000/min",
+        "--duration",
+        "1s",
+        "--quiet",
+    ];
+    args.extend(CATALOG);
+    let out = loadgen(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| 500 |"), "{stdout}");
+}

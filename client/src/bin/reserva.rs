@@ -123,6 +123,29 @@ enum SortKey {
     Hot,
 }
 
+/// Writes to stdout. A closed pipe (`reserva shards --output json | head`)
+/// ends the process quietly, as Unix tools do; any other write error is
+/// reported once.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("reserva: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*)) };
+}
+
+macro_rules! outln {
+    ($($t:tt)*) => { emit(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Verify { data } = &cli.command {
@@ -151,7 +174,7 @@ fn main() -> ExitCode {
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), AdminError> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => {
-            println!("{s}");
+            outln!("{s}");
             Ok(())
         }
         Err(e) => Err(AdminError::Call(tonic::Status::internal(e.to_string()))),
@@ -168,7 +191,7 @@ async fn run(cli: Cli) -> Result<bool, AdminError> {
             if json {
                 print_json(&s)?
             } else {
-                print!("{}", view::status(&s))
+                out!("{}", view::status(&s))
             }
         }
         Cmd::Shards { sort, limit } => {
@@ -185,8 +208,8 @@ async fn run(cli: Cli) -> Result<bool, AdminError> {
             if json {
                 print_json(&reply)?
             } else {
-                print!("{}", view::journal_line(&reply.journals));
-                print!("{}", view::shards(&reply.shards))
+                out!("{}", view::journal_line(&reply.journals));
+                out!("{}", view::shards(&reply.shards))
             }
         }
         Cmd::Shard {
@@ -196,7 +219,7 @@ async fn run(cli: Cli) -> Result<bool, AdminError> {
             if json {
                 print_json(&m)?
             } else {
-                print!("{}", view::moved(&m))
+                out!("{}", view::moved(&m))
             }
         }
         Cmd::Rebalance { dry_run } => {
@@ -204,7 +227,7 @@ async fn run(cli: Cli) -> Result<bool, AdminError> {
             if json {
                 print_json(&r)?
             } else {
-                print!("{}", view::rebalance(&r, dry_run))
+                out!("{}", view::rebalance(&r, dry_run))
             }
         }
         Cmd::Snapshot { shards, all } => {
@@ -212,7 +235,7 @@ async fn run(cli: Cli) -> Result<bool, AdminError> {
             if json {
                 print_json(&r)?
             } else {
-                print!("{}", view::shard_results(&r.results))
+                out!("{}", view::shard_results(&r.results))
             }
             return Ok(r.results.iter().all(|x| x.error.is_empty()));
         }
@@ -221,7 +244,7 @@ async fn run(cli: Cli) -> Result<bool, AdminError> {
             if json {
                 print_json(&r)?
             } else {
-                print!("{}", view::shard_results(&r.results))
+                out!("{}", view::shard_results(&r.results))
             }
             return Ok(r.results.iter().all(|x| x.error.is_empty()));
         }
@@ -266,13 +289,18 @@ async fn top(
                     )
                 })
                 .collect();
-            print!("\x1b[2J\x1b[H");
-            println!(
+            out!("\x1b[2J\x1b[H");
+            outln!(
                 "reserva top - {} - map v{} - {} ops, {} errors, {} shed - window {} ms",
-                status.node_id, status.shard_map_version, t.ops, t.errors, t.shed, reply.window_ms
+                status.node_id,
+                status.shard_map_version,
+                t.ops,
+                t.errors,
+                t.shed,
+                reply.window_ms
             );
-            println!("{}\n", per_core.join(" | "));
-            print!("{}", view::shards(&reply.shards));
+            outln!("{}\n", per_core.join(" | "));
+            out!("{}", view::shards(&reply.shards));
         }
         n += 1;
         if iterations != 0 && n >= iterations {
@@ -286,13 +314,13 @@ fn verify(data: &std::path::Path, output: Output) -> ExitCode {
     let report = reserva_engine::verify::verify_data_dir(data);
     match output {
         Output::Json => match serde_json::to_string_pretty(&view::verify_json(&report)) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => {
                 eprintln!("reserva: {e}");
                 return ExitCode::FAILURE;
             }
         },
-        Output::Table => print!("{}", view::verify(&report)),
+        Output::Table => out!("{}", view::verify(&report)),
     }
     if report.is_ok() {
         ExitCode::SUCCESS
