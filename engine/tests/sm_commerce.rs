@@ -2989,6 +2989,19 @@ mod two_round_checkout {
             .unwrap()
     }
 
+    /// A plain reservation by "kim" of one unit of `sku`, at the shortest TTL.
+    fn reserve_one(sku: &str) -> Request {
+        Request::new(Command::Reserve {
+            owner: "kim".into(),
+            lines: vec![ReserveLine {
+                sku: sku.into(),
+                qty: 1,
+            }],
+            ttl_ms: Some(TTL_MS_MIN),
+            warehouse_preference: vec![],
+        })
+    }
+
     fn stocked(shard: u16, sku: &str, units: u64) -> ShardState {
         let mut s = ShardState::new(shard);
         let upsert = Command::UpsertSku {
@@ -3090,15 +3103,7 @@ mod two_round_checkout {
     fn an_adopted_reservation_must_be_the_owners_and_is_kept_at_least_the_ttl() {
         let sku = sku_on(9);
         let mut s = stocked(9, &sku, 5);
-        let reserve = Request::new(Command::Reserve {
-            owner: "kim".into(),
-            lines: vec![ReserveLine {
-                sku: sku.clone(),
-                qty: 1,
-            }],
-            ttl_ms: Some(TTL_MS_MIN),
-            warehouse_preference: vec![],
-        });
+        let reserve = reserve_one(&sku);
         let Outcome::Reserved {
             reservation_id,
             expires_at_ms,
@@ -3167,15 +3172,7 @@ mod two_round_checkout {
         }
         let mut ids: Vec<ReservationId> = Vec::new();
         for _ in 0..2 {
-            let r = Request::new(Command::Reserve {
-                owner: "kim".into(),
-                lines: vec![ReserveLine {
-                    sku: sku.clone(),
-                    qty: 1,
-                }],
-                ttl_ms: Some(TTL_MS_MIN),
-                warehouse_preference: vec![],
-            });
+            let r = reserve_one(&sku);
             match shard.commit(0, [r]).unwrap().remove(0).unwrap() {
                 Outcome::Reserved { reservation_id, .. } => ids.push(reservation_id),
                 other => panic!("{other:?}"),

@@ -31,6 +31,9 @@ pub const SEED_CHUNK_SKUS: usize = 1_000;
 pub const SEED_IN_FLIGHT: usize = 64;
 /// Operations per verification request.
 pub const VERIFY_CHUNK: usize = 1_000;
+/// How long `run --verify` waits for the target's first and last SKU before
+/// saying the catalogue does not match (no retries: a mismatch is not transient).
+pub const CATALOGUE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Steps of a `--rate max` search (doubling, then bisecting).
 pub const RATE_SEARCH_STEPS_MAX: usize = 24;
 /// Seconds of per-second history kept for the report and the plot.

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde::Serialize;
 
-use crate::limits::{ORDERS_TRACKED_MAX, VERIFY_CHUNK};
+use crate::limits::{CATALOGUE_CHECK_TIMEOUT, ORDERS_TRACKED_MAX, VERIFY_CHUNK};
 use crate::target::{Binding, StockRow};
 use crate::workload::{Catalog, Line, sku_name};
 
@@ -134,16 +134,13 @@ type Chunk = (Vec<u32>, Vec<Vec<StockRow>>);
 pub async fn check_catalogue<B: Binding>(binding: &B, catalog: &Catalog) -> anyhow::Result<()> {
     let last = catalog.skus.saturating_sub(1);
     for sku in [0, last] {
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            binding.stock_rows(vec![sku]),
-        )
-        .await;
+        let answer =
+            tokio::time::timeout(CATALOGUE_CHECK_TIMEOUT, binding.stock_rows(vec![sku])).await;
         let problem = match answer {
             Ok(Ok(rows)) if rows.first().is_some_and(|w| !w.is_empty()) => continue,
             Ok(Ok(_)) => "it has no stock rows".to_string(),
             Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => "no answer within 10 s".to_string(),
+            Err(_) => format!("no answer within {CATALOGUE_CHECK_TIMEOUT:?}"),
         };
         anyhow::bail!(
             "the target does not hold {} ({problem}): this run expects --skus {} --warehouses {}; \
