@@ -413,6 +413,29 @@ async fn checkout(
         .await
 }
 
+/// Reads the order of a checkout's 201 answer until the steps that follow
+/// the answer (stock deduction, payment capture) have run.
+async fn settled(h: &Http, answer: &Answer) -> Value {
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let status = answer.body["status"].as_str().unwrap_or("");
+    assert!(
+        ["placed", "confirmed", "review"].contains(&status),
+        "a checkout answers with its order placed, confirmed or in review: {}",
+        answer.body
+    );
+    let path = format!("/v1/orders/{}", answer.body["order_id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = h.call(Method::GET, &path, None, None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        if a.body["status"] != "placed" {
+            return a.body;
+        }
+        assert!(Instant::now() < deadline, "order stuck placed: {}", a.body);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_matrix() {
     let dir = tempfile::tempdir().unwrap();
@@ -640,9 +663,9 @@ async fn checkout_lifecycle_returns_and_credit() {
         json!({"method": "card", "card_number": "4242424242424242"}),
     )
     .await;
-    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
-    assert_eq!(o.body["status"], "confirmed");
-    assert_eq!(o.body["payment"]["status"], "captured");
+    let order = settled(&h, &o).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["payment"]["status"], "captured", "{order}");
     // Sandbox cards: declined, insufficient funds, provider failing.
     for (card, status, code, decline_code) in [
         (
@@ -767,7 +790,8 @@ async fn checkout_lifecycle_returns_and_credit() {
         json!({"method": "store_credit"}),
     )
     .await;
-    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
+    let order = settled(&h, &o).await;
+    assert_eq!(order["payment"]["status"], "captured", "{order}");
     let c = h
         .call(Method::GET, "/v1/users/dave/credit", None, None)
         .await;

@@ -46,7 +46,7 @@ fn address(a: AddressJson) -> ApiResult<Address> {
 #[utoipa::path(post, path = "/v1/checkout", tag = "orders", request_body = CheckoutBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key check out once")),
     responses(
-        (status = 201, description = "The order (status confirmed, or review when held for fraud review)", body = OrderView),
+        (status = 201, description = "The order as recorded (status placed, turning confirmed once stock is deducted and payment captured; or review when held for fraud review)", body = OrderView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 402, description = "payment_declined (decline_code says why)", body = Problem, content_type = "application/problem+json"),
