@@ -58,7 +58,10 @@ fn reserved_results(n: usize) -> Results {
 fn encode_batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("protocol");
     g.throughput(Throughput::Elements(OPS as u64));
-    let message = Message::Batch(Batch { ops: reserves(OPS) });
+    let message = Message::Batch(Batch {
+        ops: reserves(OPS),
+        timeout_ms: 0,
+    });
     g.bench_function("encode_batch_1024_reserves", |b| {
         let mut out = BytesMut::with_capacity(1 << 20);
         b.iter(|| {
@@ -128,8 +131,15 @@ fn client_batching(c: &mut Criterion) {
             }
             out.clear();
             for group in groups {
-                encode_message(1, &Message::Batch(Batch { ops: group }), &mut out)
-                    .expect("fits a frame");
+                encode_message(
+                    1,
+                    &Message::Batch(Batch {
+                        ops: group,
+                        timeout_ms: 0,
+                    }),
+                    &mut out,
+                )
+                .expect("fits a frame");
             }
             black_box(out.len())
         })

@@ -31,8 +31,10 @@ pub struct ClientConfig {
     /// Requests in flight per connection before callers wait (default and
     /// maximum `IN_FLIGHT_PER_CONNECTION_MAX`).
     pub in_flight_per_connection: usize,
-    /// How long one attempt of a request may take, including the wait for a
-    /// free in-flight slot (default 5 s).
+    /// How long a call may take, with its retries and the waits for a free
+    /// in-flight slot (default 5 s). Each attempt carries what is left of it
+    /// to the server as the batch's deadline, so the server never applies
+    /// an operation after the caller stopped waiting for it.
     pub request_timeout: Duration,
     /// How long connecting and the handshake may take (default 5 s).
     pub connect_timeout: Duration,
@@ -279,8 +281,10 @@ impl Client {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Runs `ops` with routing, batching and retries; one result per op, in order.
+    /// Runs `ops` with routing, batching and retries, within the call's
+    /// deadline (`request_timeout` from now); one result per op, in order.
     async fn run(&self, mut ops: Vec<Op>) -> Vec<Result<Reply, ClientError>> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
         for op in &mut ops {
             op.ensure_idempotency_key(new_idempotency_key);
         }
@@ -291,7 +295,11 @@ impl Client {
         let mut solo = HashSet::new();
         let retries = self.inner.config.retries.min(RETRIES_MAX);
         for attempt in 0..=retries {
-            let round = self.attempt(&ops, &todo, &solo).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let round = self.attempt(&ops, &todo, &solo, left).await;
             todo.clear();
             let mut wait_ms = 0u64;
             let mut refresh_seen = None;
@@ -329,7 +337,13 @@ impl Client {
                     tracing::warn!(error = %e, "shard map refresh failed");
                 }
             } else if !only_solo {
-                tokio::time::sleep(self.backoff(attempt, wait_ms)).await;
+                let wait = self.backoff(attempt, wait_ms);
+                if tokio::time::Instant::now() + wait >= deadline {
+                    // The server's hint outlasts the caller's patience: answer
+                    // what the last attempt said rather than a late retry.
+                    break;
+                }
+                tokio::time::sleep(wait).await;
             }
         }
         results
@@ -338,21 +352,26 @@ impl Client {
             .collect()
     }
 
-    /// Exponential backoff with jitter, at least the server's hint, capped.
+    /// Exponential backoff with jitter, capped; never shorter than the
+    /// server's hint, which gets jitter of its own (up to half again), so
+    /// that callers refused together do not all come back together.
     fn backoff(&self, attempt: u32, server_hint_ms: u64) -> Duration {
         let base = self.inner.config.retry_backoff.as_millis() as u64;
         let exp = base.saturating_mul(1u64 << attempt.min(20));
         let jittered = exp / 2 + rand::random_range(0..=exp / 2);
-        Duration::from_millis(jittered.max(server_hint_ms).min(RETRY_BACKOFF_MS_MAX))
+        let hinted = server_hint_ms + rand::random_range(0..=server_hint_ms / 2);
+        Duration::from_millis(jittered.max(hinted).min(RETRY_BACKOFF_MS_MAX))
     }
 
-    /// One attempt of the operations `todo`: routes, groups by core, sends the
-    /// chunks concurrently. Returns a result for every index of `todo`.
+    /// One attempt of the operations `todo` within `left`: routes, groups by
+    /// core, sends the chunks concurrently. Returns a result for every index
+    /// of `todo`.
     async fn attempt(
         &self,
         ops: &Arc<[Op]>,
         todo: &[usize],
         solo: &HashSet<usize>,
+        left: Duration,
     ) -> Vec<(usize, bool, Result<Reply, ClientError>)> {
         let topology = self.inner.topology();
         let mut out = Vec::with_capacity(todo.len());
@@ -386,12 +405,13 @@ impl Client {
             let (alone, shared): (Vec<usize>, Vec<usize>) =
                 indices.into_iter().partition(|i| solo.contains(i));
             let limits = (topology.batch_ops_max, topology.frame_bytes_max);
-            let groups = chunks(ops, shared, limits.0, limits.1)
+            let timeout_ms = deadline_ms(left);
+            let groups = chunks(ops, shared, limits.0, limits.1, timeout_ms)
                 .into_iter()
-                .chain(chunks(ops, alone, 1, limits.1));
+                .chain(chunks(ops, alone, 1, limits.1, timeout_ms));
             for chunk in groups {
                 let (inner, pool) = (self.inner.clone(), pool.clone());
-                tasks.spawn(async move { send_chunk(inner, pool, chunk).await });
+                tasks.spawn(async move { send_chunk(inner, pool, chunk, left).await });
             }
         }
         while let Some(joined) = tasks.join_next().await {
@@ -423,9 +443,22 @@ enum Chunk {
     Refused { index: usize, error: ClientError },
 }
 
+/// The deadline a batch carries for `left`: whole ms, at least 1 (0 would
+/// mean no deadline), saturating at `u32::MAX`.
+fn deadline_ms(left: Duration) -> u32 {
+    u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
 /// Splits `indices` into frames of at most `ops_max` operations and
-/// `bytes_max` payload bytes (halving a chunk until it fits).
-fn chunks(ops: &[Op], indices: Vec<usize>, ops_max: usize, bytes_max: usize) -> Vec<Chunk> {
+/// `bytes_max` payload bytes (halving a chunk until it fits), each with the
+/// deadline `timeout_ms`.
+fn chunks(
+    ops: &[Op],
+    indices: Vec<usize>,
+    ops_max: usize,
+    bytes_max: usize,
+    timeout_ms: u32,
+) -> Vec<Chunk> {
     let mut out = Vec::new();
     let mut stack: Vec<Vec<usize>> = indices
         .chunks(ops_max.max(1))
@@ -435,6 +468,7 @@ fn chunks(ops: &[Op], indices: Vec<usize>, ops_max: usize, bytes_max: usize) -> 
     while let Some(group) = stack.pop() {
         let batch = Message::Batch(Batch {
             ops: group.iter().map(|&i| ops[i].clone()).collect(),
+            timeout_ms,
         });
         let payload = match batch.to_payload() {
             Ok(p) => p,
@@ -467,21 +501,20 @@ fn chunks(ops: &[Op], indices: Vec<usize>, ops_max: usize, bytes_max: usize) -> 
     out
 }
 
-/// Sends one chunk on a connection of `pool`; one result per index.
+/// Sends one chunk on a connection of `pool`, waiting at most `left`; one
+/// result per index.
 async fn send_chunk(
     inner: Arc<Inner>,
     pool: Arc<Pool>,
     chunk: Chunk,
+    left: Duration,
 ) -> Vec<(usize, bool, Result<Reply, ClientError>)> {
     let (indices, payload) = match chunk {
         Chunk::Frame { indices, payload } => (indices, payload),
         Chunk::Refused { index, error } => return vec![(index, false, Err(error))],
     };
     let answer = match pool.get(&inner.params).await {
-        Ok(conn) => {
-            conn.call(&payload, indices.len(), inner.config.request_timeout)
-                .await
-        }
+        Ok(conn) => conn.call(&payload, indices.len(), left).await,
         Err(e) => Err(e),
     };
     // Whether the answer shared its RESULTS frame with other operations.

@@ -230,22 +230,114 @@ async fn wrong_shard_refreshes_the_map_and_goes_to_the_new_owner() {
 }
 
 #[tokio::test]
-async fn a_silent_server_times_out_and_the_retry_reuses_the_key() {
+async fn a_silent_server_times_out_within_the_calls_deadline() {
     let fake = FakeCluster::start(FakeOptions::default(), |_, _| Action::Ignore).await;
     let cfg = ClientConfig {
         request_timeout: Duration::from_millis(100),
-        retries: 1,
+        retries: 3,
         ..config()
     };
     let client = Client::connect(&fake.seed, cfg).await.unwrap();
+    let start = Instant::now();
     let err = client.set_stock("sku-1", "wh", 1).await.unwrap_err();
     assert!(matches!(err, ClientError::Timeout), "{err:?}");
+    // The first attempt had the whole deadline and used it: no retry
+    // outlives the caller, and the server was told the deadline.
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
     let seen = fake.state.seen();
-    assert_eq!(seen.len(), 2);
-    assert_eq!(seen[0].op, seen[1].op);
+    assert_eq!(seen.len(), 1);
+    assert!(
+        (1..=100).contains(&seen[0].timeout_ms),
+        "{}",
+        seen[0].timeout_ms
+    );
     // In a batch, the unknown outcome is a per-op Timeout.
     let results = client.batch(vec![get_sku("a")]).await.unwrap();
     assert_eq!(results, vec![Err(WireError::Timeout)]);
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_retried_with_the_same_key_and_what_is_left_of_the_deadline() {
+    let fake = FakeCluster::start(FakeOptions::default(), |state, seen| {
+        let key = seen.op.idempotency_key().unwrap_or_default();
+        if state.times_seen_key(key) == 1 {
+            Action::Close
+        } else {
+            echo(state, seen)
+        }
+    })
+    .await;
+    let client = Client::connect(&fake.seed, config()).await.unwrap();
+    client.set_stock("sku-1", "wh", 1).await.unwrap();
+    let seen = fake.state.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].op, seen[1].op);
+    assert!(seen[0].timeout_ms <= 5_000 && seen[0].timeout_ms > 4_000);
+    assert!(seen[1].timeout_ms <= seen[0].timeout_ms, "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_overload_hint_past_the_deadline_answers_at_once() {
+    let fake = FakeCluster::start(FakeOptions::default(), |_, _| {
+        Action::Reply(Err(WireError::Overloaded {
+            retry_after_ms: 10_000,
+        }))
+    })
+    .await;
+    let cfg = ClientConfig {
+        request_timeout: Duration::from_millis(500),
+        retries: 5,
+        ..config()
+    };
+    let client = Client::connect(&fake.seed, cfg).await.unwrap();
+    let start = Instant::now();
+    let err = client.set_stock("sku-1", "wh", 1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server(WireError::Overloaded {
+                retry_after_ms: 10_000
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(fake.state.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn overload_retries_stop_at_the_deadline() {
+    let fake = FakeCluster::start(FakeOptions::default(), |_, _| {
+        Action::Reply(Err(WireError::Overloaded { retry_after_ms: 40 }))
+    })
+    .await;
+    let cfg = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        retries: 30,
+        ..config()
+    };
+    let client = Client::connect(&fake.seed, cfg).await.unwrap();
+    let start = Instant::now();
+    let err = client.set_stock("sku-1", "wh", 1).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Server(WireError::Overloaded { .. })),
+        "{err:?}"
+    );
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_millis(300), "{elapsed:?}");
+    // Every retry honoured the hint: at most 300 / 40 attempts fit.
+    let seen = fake.state.seen();
+    assert!((2..=8).contains(&seen.len()), "{}", seen.len());
+    let key = seen[0].op.idempotency_key().unwrap();
+    assert!(seen.iter().all(|s| s.op.idempotency_key() == Some(key)));
 }
 
 #[tokio::test]

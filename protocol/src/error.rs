@@ -71,6 +71,12 @@ pub enum WireError {
     /// The server gave up waiting for the shard; the operation may or may not
     /// have been applied. Retry with the same idempotency key.
     Timeout,
+    /// The batch's deadline (`Batch::timeout_ms`) passed before the operation
+    /// was applied, or would pass before it could be. Nothing was applied.
+    DeadlineExceeded {
+        /// The time the batch allowed, in ms.
+        timeout_ms: u32,
+    },
 }
 
 impl WireError {
@@ -128,6 +134,10 @@ impl fmt::Display for WireError {
                 write!(f, "shard {shard} unavailable: {reason}")
             }
             WireError::Timeout => write!(f, "timed out waiting for the shard"),
+            WireError::DeadlineExceeded { timeout_ms } => write!(
+                f,
+                "deadline of {timeout_ms} ms passed before the operation was applied; nothing was applied"
+            ),
         }
     }
 }

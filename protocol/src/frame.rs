@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     2  magic        u16 LE 0x5652 (bytes 0x52 0x56, "RV")
-//!      2     1  version      u8     PROTOCOL_VERSION (1)
+//!      2     1  version      u8     PROTOCOL_VERSION (2)
 //!      3     1  opcode       u8     see `Opcode`
 //!      4     2  flags        u16 LE 0
 //!      6     2  reserved     u16 LE 0
@@ -107,7 +107,7 @@ pub enum FrameError {
         /// The frame's request id, as read (not yet checked by the CRC).
         request_id: u64,
     },
-    /// Flags or reserved bits are set; version 1 defines none.
+    /// Flags or reserved bits are set; versions 1 and 2 define none.
     ReservedBits {
         /// The flags field.
         flags: u16,

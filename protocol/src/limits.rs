@@ -9,7 +9,7 @@ use reserva_engine::limits::{ID_BYTES_MAX, SHARD_COUNT};
 /// Frame magic, little-endian on the wire: the bytes `0x52 0x56` (`"RV"`).
 pub const MAGIC: u16 = 0x5652;
 /// The frame format and message encoding this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of a frame header: magic, version, opcode, flags, reserved,
 /// request id, payload length, CRC32C.
 pub const HEADER_BYTES: usize = 24;

@@ -117,6 +117,11 @@ impl ShardMap {
 pub struct Batch {
     /// At most `batch_ops_max` operations, each routed to a shard of this core.
     pub ops: Vec<Op>,
+    /// The time the sender still waits for these operations, in ms, counted
+    /// from when the server reads the frame (0: no deadline). An operation
+    /// not applied within it is answered `DeadlineExceeded` and never
+    /// applied; one that would wait longer is refused at once.
+    pub timeout_ms: u32,
 }
 
 /// `RESULTS` (server -> client): one result per operation of the `BATCH`

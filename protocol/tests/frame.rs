@@ -12,7 +12,7 @@ use reserva_protocol::{
 
 fn hello() -> Message {
     Message::Hello(Hello {
-        protocol_version: 1,
+        protocol_version: u16::from(PROTOCOL_VERSION),
         credential: "secret".into(),
         client_name: "test".into(),
     })
@@ -46,11 +46,13 @@ fn round_trips_every_message_kind() {
                 id: OrderId::new(9, 1).unwrap(),
             }),
         ],
+        timeout_ms: 250,
     });
     let results = Message::Results(Results {
         results: vec![
             Ok(Reply::Cart(vec![])),
             Err(WireError::Overloaded { retry_after_ms: 5 }),
+            Err(WireError::DeadlineExceeded { timeout_ms: 250 }),
         ],
     });
     let error = Message::Error(WireError::Unauthorized {
@@ -77,11 +79,11 @@ fn ping_frame_bytes_are_pinned() {
     // The exact bytes docs/protocol.md shows for a PING with request id 1.
     let bytes = frame_bytes(1, &Message::Ping);
     let expected: [u8; 24] = [
-        0x52, 0x56, 0x01, 0x06, 0x00, 0x00, 0x00,
+        0x52, 0x56, 0x02, 0x06, 0x00, 0x00, 0x00,
         0x00, // magic, version, opcode, flags, reserved
         0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // request id
         0x00, 0x00, 0x00, 0x00, // payload length
-        0xb6, 0x70, 0x3f, 0x54, // crc32c = 0x543f70b6
+        0xcb, 0x76, 0x84, 0x45, // crc32c = 0x458476cb
     ];
     assert_eq!(bytes[..20], expected[..20]);
     let crc = u32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]);
@@ -125,17 +127,17 @@ fn bad_magic_is_rejected_from_two_bytes() {
 #[test]
 fn wrong_version_is_reported_from_the_header() {
     let mut bytes = frame_bytes(1, &hello());
-    bytes[2] = 2;
+    bytes[2] = PROTOCOL_VERSION + 1;
     fix_crc(&mut bytes);
     let expected = FrameError::UnsupportedVersion {
-        found: 2,
+        found: PROTOCOL_VERSION + 1,
         supported: PROTOCOL_VERSION,
     };
     assert_eq!(decode_all(&bytes[..3]), Err(expected.clone()));
     assert_eq!(decode_all(&bytes), Err(expected.clone()));
     assert_eq!(
         expected.to_wire_error(),
-        WireError::UnsupportedVersion { supported: 1 }
+        WireError::UnsupportedVersion { supported: 2 }
     );
 }
 
@@ -312,11 +314,13 @@ fn batches_over_the_op_limit_are_refused() {
     });
     let ok = Message::Batch(Batch {
         ops: vec![op.clone(); BATCH_OPS_MAX],
+        timeout_ms: 0,
     });
     let frame = decode_all(&frame_bytes(1, &ok)).unwrap().unwrap();
     assert_eq!(frame.message().unwrap(), ok);
     let over = Message::Batch(Batch {
         ops: vec![op; BATCH_OPS_MAX + 1],
+        timeout_ms: 0,
     });
     let frame = decode_all(&frame_bytes(2, &over)).unwrap().unwrap();
     assert_eq!(
@@ -399,7 +403,7 @@ fn results_are_shed_to_fit_a_frame() {
 fn hello_frame_bytes_are_pinned() {
     // The worked example in docs/protocol.md: HELLO, request id 0.
     let m = Message::Hello(Hello {
-        protocol_version: 1,
+        protocol_version: 2,
         credential: "secret".into(),
         client_name: "loadgen-7f3a".into(),
     });
@@ -408,5 +412,5 @@ fn hello_frame_bytes_are_pinned() {
     assert_eq!(hex.join(" "), HELLO_HEX);
 }
 
-const HELLO_HEX: &str = "52 56 01 01 00 00 00 00 00 00 00 00 00 00 00 00 20 00 00 00 17 e9 8b a0 \
-     6c 6f 61 64 67 65 6e 2d 37 66 33 61 01 00 00 00 73 65 63 72 65 74 ff ff 8c 00 00 00 e8 ff ff ff";
+const HELLO_HEX: &str = "52 56 02 01 00 00 00 00 00 00 00 00 00 00 00 00 20 00 00 00 fa 9d a6 de \
+     6c 6f 61 64 67 65 6e 2d 37 66 33 61 02 00 00 00 73 65 63 72 65 74 ff ff 8c 00 00 00 e8 ff ff ff";

@@ -283,6 +283,7 @@ fn wire_error() -> impl Strategy<Value = WireError> {
         any::<u16>().prop_map(|supported| WireError::UnsupportedVersion { supported }),
         (any::<u16>(), text()).prop_map(|(shard, reason)| WireError::Unavailable { shard, reason }),
         Just(WireError::Timeout),
+        any::<u32>().prop_map(|timeout_ms| WireError::DeadlineExceeded { timeout_ms }),
     ]
 }
 
@@ -362,7 +363,8 @@ fn message() -> impl Strategy<Value = Message> {
                 })
             }
         ),
-        vec(op(), 0..8).prop_map(|ops| Message::Batch(Batch { ops })),
+        (vec(op(), 0..8), any::<u32>())
+            .prop_map(|(ops, timeout_ms)| Message::Batch(Batch { ops, timeout_ms })),
         vec(op_result(), 0..8).prop_map(|results| Message::Results(Results { results })),
         wire_error().prop_map(Message::Error),
         Just(Message::Ping),
@@ -477,7 +479,7 @@ proptest! {
 
     #[test]
     fn ops_and_results_round_trip(ops in vec(op(), 0..32), results in vec(op_result(), 0..32)) {
-        let batch = Message::Batch(Batch { ops });
+        let batch = Message::Batch(Batch { ops, timeout_ms: 0 });
         let results = Message::Results(Results { results });
         for m in [batch, results] {
             let bytes = message_to_vec(7, &m).unwrap();

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub io_memory_bytes: usize,
     /// Pin executor i to CPU i (modulo the CPUs present).
     pub pin: bool,
+    /// A client request a core expects to hold longer than this is refused
+    /// as `Overloaded` (`Duration::MAX`: no budget).
+    pub admission_budget: Duration,
     /// Fraud rules, payment provider behaviour and warehouse locations.
     pub checkout: crate::checkout_config::CheckoutConfig,
     /// Address of the admin API (gRPC) and `/metrics`; `None` = off.

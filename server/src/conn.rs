@@ -24,7 +24,7 @@ use reserva_protocol::{
 };
 
 use crate::auth::{Principal, Role, authorize};
-use crate::core::{Core, Pending, Scope};
+use crate::core::{Core, Origin, Pending, Scope};
 use crate::limits::{
     HANDSHAKE_TIMEOUT, IN_FLIGHT_BATCHES_PER_CONNECTION_MAX, WRITE_QUEUE_FRAMES_MAX,
 };
@@ -216,6 +216,9 @@ impl Conn {
     }
 
     async fn batch(&mut self, request_id: u64, batch: Batch) -> Result<(), String> {
+        // The deadline counts from now, when the frame has just been read
+        // (the wait for an in-flight slot counts against it).
+        let origin = Origin::client(std::time::Instant::now(), batch.timeout_ms);
         let permit = self
             .in_flight
             .acquire_static_permit(1)
@@ -243,6 +246,7 @@ impl Conn {
                         op,
                         scope: scope.clone(),
                         reply: Some(tx),
+                        origin,
                     },
                 ),
                 Err(e) => {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -30,6 +30,7 @@ use crate::events::EventRing;
 use crate::limits::{RETRY_AFTER_MS, SHARD_QUEUE_DEPTH_MAX};
 use crate::metrics::{self, Shed};
 
+pub mod admission;
 mod checkpoint;
 mod commit;
 mod control;
@@ -70,6 +71,46 @@ pub struct Pending {
     pub scope: Scope,
     /// Where the answer goes (dropped for internal requests).
     pub reply: Option<oneshot::Sender<OpResult>>,
+    /// Who asked: a client's request passes admission and carries its
+    /// deadline; work the node started does neither.
+    pub origin: Origin,
+}
+
+/// Who asked for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client: admitted by expected wait, dropped once its deadline passed.
+    Client {
+        /// When the client stops waiting, and the time it allowed (ms).
+        deadline: Option<(Instant, u32)>,
+    },
+    /// The node itself (checkout steps, expiry ticks): admitted when the
+    /// client request that started it was, never refused for load.
+    Node,
+}
+
+impl Origin {
+    /// The deadline of a request whose batch allowed `timeout_ms` (0: none)
+    /// from `received`.
+    pub fn client(received: Instant, timeout_ms: u32) -> Origin {
+        let deadline = (timeout_ms > 0).then(|| {
+            (
+                received + Duration::from_millis(u64::from(timeout_ms)),
+                timeout_ms,
+            )
+        });
+        Origin::Client { deadline }
+    }
+
+    /// `DeadlineExceeded` if the request's deadline has passed at `now`.
+    fn expired(&self, now: Instant) -> Option<WireError> {
+        match *self {
+            Origin::Client {
+                deadline: Some((at, timeout_ms)),
+            } if now >= at => Some(WireError::DeadlineExceeded { timeout_ms }),
+            _ => None,
+        }
+    }
 }
 
 impl Pending {
@@ -134,6 +175,8 @@ pub struct Core {
     /// The hook started work during the round being applied: the committer
     /// lets it submit before the round's barrier starts.
     followups: Cell<bool>,
+    /// What the core holds and how fast it answers: admission by expected wait.
+    admission: RefCell<admission::Admission>,
 }
 
 /// Environment variable with milliseconds added to the server's clock: a
@@ -205,6 +248,7 @@ impl Core {
             admin: CoreAdmin::default(),
             pins,
             followups: Cell::new(false),
+            admission: RefCell::new(admission::Admission::new(Instant::now())),
         })
     }
 
@@ -292,6 +336,25 @@ impl Core {
             }));
             return false;
         }
+        if let Origin::Client { deadline } = pending.origin {
+            let now = Instant::now();
+            if let Some(e) = pending.origin.expired(now) {
+                metrics::global().shed(Shed::Deadline);
+                pending.answer(Err(e));
+                return false;
+            }
+            let left = deadline.map(|(at, _)| at.saturating_duration_since(now));
+            let decision = self
+                .admission
+                .borrow()
+                .decide(self.config.admission_budget, left);
+            if let admission::Decision::Shed { retry_after_ms } = decision {
+                metrics::global().shed(Shed::ExpectedWait);
+                pending.answer(Err(WireError::Overloaded { retry_after_ms }));
+                return false;
+            }
+        }
+        self.admission.borrow_mut().queued();
         slot.queue.push_back(pending);
         if !slot.in_ready {
             slot.in_ready = true;
@@ -325,6 +388,7 @@ impl Core {
     /// Pinned reservations (holds under an order) are spared; nothing is
     /// queued before every core has pinned what it resumes.
     pub fn queue_ticks(&self) {
+        self.recount_held();
         if !self.pins.expiry_open() {
             return;
         }
@@ -348,6 +412,7 @@ impl Core {
                     op: Op::Mutate(req),
                     scope: Scope::Full,
                     reply: None,
+                    origin: Origin::Node,
                 },
             );
             // A tick shed by a full queue must be asked for again on the next
@@ -356,6 +421,21 @@ impl Core {
                 slot.tick_queued = false;
             }
         }
+    }
+
+    /// Sets the admission's count of held requests from the queues and
+    /// batches themselves (run on every tick, and after shard moves).
+    pub(crate) fn recount_held(&self) {
+        let queued: usize = self.slots.borrow().values().map(|s| s.queue.len()).sum();
+        let applied = self.commit.borrow().unanswered();
+        self.admission.borrow_mut().recount(queued + applied);
+    }
+
+    /// The time a client request queued now is expected to spend in this
+    /// core, and the answer rate behind that estimate (for metrics).
+    pub fn expected_wait(&self) -> (Duration, Option<f64>) {
+        let a = self.admission.borrow();
+        (a.expected_wait(), a.rate())
     }
 
     /// Stops accepting work. The committer answers what is queued and then

@@ -14,8 +14,32 @@ pub const IN_FLIGHT_BATCHES_PER_CONNECTION_MAX: usize = 64;
 pub const WRITE_QUEUE_FRAMES_MAX: usize = 64;
 /// Open client connections per core; past it, new connections are closed at once.
 pub const CONNECTIONS_PER_CORE_MAX: usize = 4_096;
-/// Hint returned with `Overloaded`.
+/// Hint returned with `Overloaded` when a queue or inbox bound is hit.
 pub const RETRY_AFTER_MS: u32 = 5;
+/// Default admission budget (`--admission-budget-ms`): a client's request
+/// that a core expects to hold longer than this is refused at once as
+/// `Overloaded`. 20 ms is a small share of a storefront page's budget of
+/// 100-250 ms, several times a round under `--fsync always` (0.2-2 ms on a
+/// good disk), and short enough that a refused caller still has time to
+/// retry elsewhere or later (see `core/admission.rs` and docs/operations.md).
+pub const ADMISSION_BUDGET_DEFAULT: Duration = Duration::from_millis(20);
+/// Largest `--admission-budget-ms`.
+pub const ADMISSION_BUDGET_MAX: Duration = Duration::from_secs(60);
+/// Requests one core holds (queued on its shards, or applied and waiting
+/// for their barrier) past which every client request is refused,
+/// whatever the wait estimate says. With `CONNECTIONS_PER_CORE_MAX`
+/// connections of `IN_FLIGHT_BATCHES_PER_CONNECTION_MAX` batches each, this
+/// is what bounds a core's admitted work; a node holds at most
+/// `cores x ADMITTED_OPS_PER_CORE_MAX` client requests (plus the checkout
+/// steps of at most `SAGAS_PER_CORE_MAX` checkouts per core).
+pub const ADMITTED_OPS_PER_CORE_MAX: usize = 16_384;
+/// Below this many held requests a core admits without consulting its
+/// estimate (a few requests never wait long).
+pub const ADMISSION_FLOOR_OPS: usize = 32;
+/// Each core measures its answer rate over windows of at least this long.
+pub const ADMISSION_RATE_WINDOW: Duration = Duration::from_millis(25);
+/// Longest retry-after hint a core gives with `Overloaded`.
+pub const RETRY_AFTER_MAX_MS: u32 = 1_000;
 /// How often each core looks for expired reservations.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// A connection that has not completed `HELLO` within this time is closed.
@@ -60,6 +84,7 @@ pub const USER_EVENTS_PER_SHARD_MAX: usize = 512;
 pub const SCAN_ORDERS_MAX: usize = 50_000;
 
 const _: () = assert!(COMMIT_BATCH_MAX <= SHARD_QUEUE_DEPTH_MAX);
+const _: () = assert!(ADMISSION_FLOOR_OPS < ADMITTED_OPS_PER_CORE_MAX);
 const _: () = assert!(reserva_protocol::limits::BATCH_OPS_MAX <= SHARD_QUEUE_DEPTH_MAX);
 const _: () =
     assert!(reserva_protocol::limits::USER_EVENTS_LIMIT_MAX as usize <= USER_EVENTS_PER_SHARD_MAX);

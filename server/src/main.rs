@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use reserva_gateway::RateLimits;
@@ -10,7 +11,9 @@ use reserva_server::auth::AuthTable;
 use reserva_server::checkout_config::CheckoutConfig;
 use reserva_server::config::{FsyncMode, ServerConfig};
 use reserva_server::http::HttpOptions;
-use reserva_server::limits::IO_MEMORY_BYTES_DEFAULT;
+use reserva_server::limits::{
+    ADMISSION_BUDGET_DEFAULT, ADMISSION_BUDGET_MAX, IO_MEMORY_BYTES_DEFAULT,
+};
 
 /// reserva: sharded order and inventory reservation server.
 #[derive(Debug, Parser)]
@@ -98,6 +101,13 @@ struct Args {
     /// Do not pin executors to CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Admission budget in ms: a client request a core expects to hold
+    /// longer than this is refused at once as Overloaded with a retry-after
+    /// hint (0: no budget; requests are still held to their own deadlines
+    /// and the queue bounds). See docs/operations.md, "Overload".
+    #[arg(long, default_value_t = ADMISSION_BUDGET_DEFAULT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=ADMISSION_BUDGET_MAX.as_millis() as u64))]
+    admission_budget_ms: u64,
     /// Checkout configuration (TOML: [fraud] rules, [payments] sandbox
     /// latency and attempts, [[warehouses]] id/lat/lon); see docs/checkout.md.
     #[arg(long)]
@@ -216,6 +226,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         snapshot_every_records: args.snapshot_every,
         io_memory_bytes: (args.io_memory_kib as usize).saturating_mul(1024),
         pin: !args.no_pin,
+        admission_budget: match args.admission_budget_ms {
+            0 => Duration::MAX,
+            ms => Duration::from_millis(ms),
+        },
         checkout,
         admin: args.admin.0,
     };

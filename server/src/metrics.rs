@@ -138,6 +138,12 @@ pub enum Shed {
     ShardQueue,
     /// The owning core's forward inbox was full.
     ForwardQueue,
+    /// The owning core expected the request to wait past the admission
+    /// budget or its deadline.
+    ExpectedWait,
+    /// The request's deadline had passed before it was applied
+    /// (`DeadlineExceeded`, not counted as shed).
+    Deadline,
 }
 
 /// A cumulative histogram with fixed bucket bounds (Prometheus style).
@@ -261,6 +267,8 @@ pub struct Metrics {
     errors: [AtomicU64; ERROR_LABELS.len()],
     shed_shard_queue: AtomicU64,
     shed_forward_queue: AtomicU64,
+    shed_admission: AtomicU64,
+    deadline_exceeded: AtomicU64,
     reservations_expired: AtomicU64,
     shard_moves: AtomicU64,
     snapshots: AtomicU64,
@@ -282,6 +290,8 @@ pub fn global() -> &'static Metrics {
         errors: std::array::from_fn(|_| AtomicU64::new(0)),
         shed_shard_queue: AtomicU64::new(0),
         shed_forward_queue: AtomicU64::new(0),
+        shed_admission: AtomicU64::new(0),
+        deadline_exceeded: AtomicU64::new(0),
         reservations_expired: AtomicU64::new(0),
         shard_moves: AtomicU64::new(0),
         snapshots: AtomicU64::new(0),
@@ -425,6 +435,8 @@ impl Metrics {
         match why {
             Shed::ShardQueue => self.shed_shard_queue.fetch_add(1, Relaxed),
             Shed::ForwardQueue => self.shed_forward_queue.fetch_add(1, Relaxed),
+            Shed::ExpectedWait => self.shed_admission.fetch_add(1, Relaxed),
+            Shed::Deadline => self.deadline_exceeded.fetch_add(1, Relaxed),
         };
     }
 
@@ -605,7 +617,9 @@ impl Metrics {
         Totals {
             ops: shards.iter().map(|s| s.ops).sum(),
             errors: shards.iter().map(|s| s.errors).sum(),
-            shed: self.shed_shard_queue.load(Relaxed) + self.shed_forward_queue.load(Relaxed),
+            shed: self.shed_shard_queue.load(Relaxed)
+                + self.shed_forward_queue.load(Relaxed)
+                + self.shed_admission.load(Relaxed),
             log_bytes: shards.iter().map(|s| s.gauges.log_bytes).sum(),
             reservations_live: shards.iter().map(|s| s.gauges.reservations_live).sum(),
             reservations_expired: self.reservations_expired.load(Relaxed),
@@ -730,7 +744,7 @@ pub fn render() -> String {
         &mut out,
         "reserva_shed_total",
         "counter",
-        "Requests answered Overloaded instead of being queued, by the queue that was full.",
+        "Requests answered Overloaded instead of being queued: by the queue that was full, or admission (the core expected a wait past the budget or the request's deadline).",
     );
     let _ = writeln!(
         out,
@@ -741,6 +755,17 @@ pub fn render() -> String {
         out,
         "reserva_shed_total{{queue=\"forward\"}} {}",
         m.shed_forward_queue.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "reserva_shed_total{{queue=\"admission\"}} {}",
+        m.shed_admission.load(Relaxed)
+    );
+    counter(
+        &mut out,
+        "reserva_deadline_exceeded_total",
+        "Requests answered DeadlineExceeded: their deadline passed before they were applied (never applied).",
+        m.deadline_exceeded.load(Relaxed),
     );
     let t = m.totals();
     counter(

@@ -369,6 +369,7 @@ fn send(core: &Core, shard: ShardId, op: Op) -> oneshot::Receiver<OpResult> {
             op,
             scope: Scope::Full,
             reply: Some(tx),
+            origin: crate::core::Origin::Node,
         },
     );
     rx

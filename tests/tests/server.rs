@@ -608,7 +608,7 @@ async fn operations_on_any_core_are_forwarded_to_the_owner() {
             ]
         })
         .collect();
-    s.write_all(&message_to_vec(2, &Message::Batch(Batch { ops })).unwrap())
+    s.write_all(&message_to_vec(2, &Message::Batch(Batch { ops, timeout_ms: 0 })).unwrap())
         .await
         .unwrap();
     let frame = read_frame(&mut s, &mut buf).await;

@@ -36,6 +36,8 @@ pub struct Seen {
     pub op: Op,
     /// Ops in the frame it arrived in.
     pub frame_ops: usize,
+    /// The frame's deadline (`Batch::timeout_ms`).
+    pub timeout_ms: u32,
 }
 
 pub type Behavior = dyn Fn(&FakeState, &Seen) -> Action + Send + Sync;
@@ -240,6 +242,7 @@ async fn serve(state: Arc<FakeState>, core: u16, conn: usize, mut stream: TcpStr
                 Message::Batch(b) => {
                     assert!(greeted, "BATCH before HELLO");
                     let frame_ops = b.ops.len();
+                    let timeout_ms = b.timeout_ms;
                     let mut results = Vec::new();
                     let mut ignore = false;
                     for op in b.ops {
@@ -248,6 +251,7 @@ async fn serve(state: Arc<FakeState>, core: u16, conn: usize, mut stream: TcpStr
                             conn,
                             op,
                             frame_ops,
+                            timeout_ms,
                         };
                         state.seen.lock().unwrap().push(seen.clone());
                         match (state.behavior)(&state, &seen) {

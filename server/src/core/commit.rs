@@ -75,6 +75,11 @@ impl CommitState {
     pub(super) fn is_quiet(&self) -> bool {
         self.pending.is_empty() && self.in_flight.is_none() && self.done.is_none()
     }
+
+    /// Requests applied (or refused at their turn) and not yet answered.
+    pub(super) fn unanswered(&self) -> usize {
+        self.pending.answers() + self.in_flight.as_ref().map_or(0, Batch::answers)
+    }
 }
 
 impl Core {
@@ -128,6 +133,7 @@ impl Core {
         let mut applied = false;
         let round: Vec<ShardId> = self.ready.borrow_mut().drain(..).collect();
         let now = super::now_ms();
+        let instant = Instant::now();
         let journaled = self.config.fsync != FsyncMode::Never;
         let mut commit = self.commit.borrow_mut();
         let batch = &mut commit.pending;
@@ -153,9 +159,21 @@ impl Core {
                 && budget + slot.shard.staged_bytes()
                     < reserva_engine::journal::limits::FRAME_BYTES_SOFT_MAX
             {
-                let Some(Pending { op, scope, reply }) = slot.queue.pop_front() else {
+                let Some(Pending {
+                    op,
+                    scope,
+                    reply,
+                    origin,
+                }) = slot.queue.pop_front()
+                else {
                     break;
                 };
+                if let Some(e) = origin.expired(instant) {
+                    // Its client stopped waiting: never applied.
+                    m.shed(metrics::Shed::Deadline);
+                    answers.push((reply, Err(e)));
+                    continue;
+                }
                 if hook.as_ref().is_some_and(|h| !h.admits(&op)) {
                     answers.push((
                         reply,
@@ -366,8 +384,12 @@ impl Core {
     /// Ends a batch: on success its records go to the shards' own logs and
     /// its answers leave; on failure every success becomes `Unavailable`.
     fn complete(&self, batch: Batch, result: Result<(), String>) {
+        let answered = batch.answers();
         let Batch { parts, started, .. } = batch;
         let started = started.unwrap_or_else(Instant::now);
+        self.admission
+            .borrow_mut()
+            .answered(answered, Instant::now());
         let never = self.config.fsync == FsyncMode::Never;
         let mut out = Vec::with_capacity(parts.len());
         {
@@ -444,6 +466,10 @@ fn snapshot(slot: &mut super::Slot) {
 }
 
 impl Batch {
+    fn answers(&self) -> usize {
+        self.parts.iter().map(|p| p.answers.len()).sum()
+    }
+
     fn frame_entries(&self) -> u64 {
         self.parts.iter().map(|p| p.records.len() as u64).sum()
     }
