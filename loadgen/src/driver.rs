@@ -1,5 +1,5 @@
-//! Running a scenario: the open-loop schedule (and the closed loop), the
-//! per-second reporter, and `--rate max`.
+//! Running a scenario: the open-loop schedule (and the closed loop), and the
+//! reporter (per-second lines, `BUCKET_MS` buckets, per-phase histograms).
 //!
 //! Open loop: a scheduler wakes every `TICK`, works out how many units the
 //! rate profile made due since its last wake, and hands them to a batch task
@@ -12,13 +12,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use tokio::task::JoinSet;
 
 use crate::cpu::CpuMeter;
-use crate::limits::{IN_FLIGHT_UNITS_MAX, SECONDS_MAX, TICK, UNITS_PER_BATCH_MAX};
-use crate::stats::{Done, Recorder, Second, micros_between};
+use crate::limits::{
+    BUCKET_MS, BUCKETS_MAX, IN_FLIGHT_UNITS_MAX, SECONDS_MAX, TICK, UNITS_PER_BATCH_MAX,
+};
+use crate::stats::{
+    AFTER, BASELINE, Bucket, Done, PEAK, PhaseWindow, RAMP, Recorder, Second, micros_between,
+    new_histogram, phase_of,
+};
 use crate::target::{Binding, CartReq, CheckoutReq, OpError, ReserveReq};
 use crate::verify::Ledger;
 use crate::workload::{Catalog, Generator, KeyDist, Line, Scenario, Unit};
@@ -85,13 +91,36 @@ impl Profile {
         }
     }
 
-    /// The peak window `[from, to)` in seconds, for a spike.
-    pub fn peak_window(&self) -> Option<(f64, f64)> {
+    /// The phases of a spike (baseline, ramp, peak, after), in order and
+    /// contiguous from 0 to the run's end; none for a constant rate.
+    pub fn phases(&self) -> Vec<PhaseWindow> {
         match *self {
             Profile::Spike { duration_s, .. } => {
-                Some((SPIKE_PEAK_AT * duration_s, SPIKE_FALL_AT * duration_s))
+                let at = |x: f64| x * duration_s;
+                vec![
+                    PhaseWindow {
+                        name: BASELINE,
+                        from_s: 0.0,
+                        to_s: at(SPIKE_RAMP_AT),
+                    },
+                    PhaseWindow {
+                        name: RAMP,
+                        from_s: at(SPIKE_RAMP_AT),
+                        to_s: at(SPIKE_PEAK_AT),
+                    },
+                    PhaseWindow {
+                        name: PEAK,
+                        from_s: at(SPIKE_PEAK_AT),
+                        to_s: at(SPIKE_FALL_AT),
+                    },
+                    PhaseWindow {
+                        name: AFTER,
+                        from_s: at(SPIKE_FALL_AT),
+                        to_s: duration_s,
+                    },
+                ]
             }
-            Profile::Constant(_) => None,
+            Profile::Constant(_) => Vec::new(),
         }
     }
 }
@@ -100,6 +129,11 @@ impl Profile {
 pub struct RunOutcome {
     /// Every second's numbers.
     pub seconds: Vec<Second>,
+    /// Every `BUCKET_MS` bucket's numbers.
+    pub buckets: Vec<Bucket>,
+    /// Latencies of the successes per phase of the profile (`Profile::phases`,
+    /// then the drain); empty without phases.
+    pub admitted_by_phase: Vec<Histogram<u64>>,
     /// Wall time from the start to the last answer (or the drain timeout).
     pub elapsed: Duration,
     /// Units scheduled.
@@ -319,14 +353,36 @@ async fn run_batch<B: Binding>(
     rec.record(&done);
 }
 
-/// Prints and keeps a line per second until `stop`; writes `--hdr` intervals.
+/// What the reporter kept.
+struct Reported {
+    seconds: Vec<Second>,
+    buckets: Vec<Bucket>,
+    admitted_by_phase: Vec<Histogram<u64>>,
+    loadgen_cpu_pct: Option<f64>,
+    target_cpu_pct: Option<f64>,
+    machine_busy_pct: Option<f64>,
+}
+
+/// Buckets a run of `duration` can fill: the schedule, the drain, and the
+/// reporter's wait for the last whole second.
+fn buckets_for(duration: Duration) -> usize {
+    let ms = (duration + DRAIN_TIMEOUT + Duration::from_secs(2)).as_millis();
+    usize::try_from(ms / u128::from(BUCKET_MS))
+        .unwrap_or(BUCKETS_MAX)
+        .min(BUCKETS_MAX)
+}
+
+/// Until `stop` (then to the end of that second): closes a bucket every
+/// `BUCKET_MS`, adding its successes' latencies to the histogram of its phase,
+/// and every second prints and keeps a line and writes the `--hdr` interval.
 async fn reporter(
     rec: Arc<Recorder>,
     profile: Option<Profile>,
     start: Instant,
     stop: Arc<AtomicBool>,
     opts: ReportOpts,
-) -> anyhow::Result<(Vec<Second>, Option<f64>, Option<f64>, Option<f64>)> {
+    buckets_max: usize,
+) -> anyhow::Result<Reported> {
     let mut file = match &opts.hdr {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
             |e| anyhow::anyhow!("cannot create --hdr file {}: {e}", p.display()),
@@ -348,27 +404,50 @@ async fn reporter(
     let mut own = CpuMeter::start(None);
     let own_total = own;
     let target_total = opts.target_pid.and_then(|p| CpuMeter::start(Some(p)));
+    let windows = profile.map(|p| p.phases()).unwrap_or_default();
+    let mut admitted_by_phase: Vec<Histogram<u64>> = if windows.is_empty() {
+        Vec::new()
+    } else {
+        (0..=windows.len()).map(|_| new_histogram()).collect()
+    };
+    let per_second = 1_000 / BUCKET_MS;
     let mut seconds = Vec::new();
-    let mut k = 1u32;
-    while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep_until((start + Duration::from_secs(u64::from(k))).into()).await;
-        let cpu = own.as_mut().and_then(CpuMeter::lap).unwrap_or(0.0);
-        let rate = profile
-            .map(|p| p.rate_at(f64::from(k) - 0.5))
-            .unwrap_or(0.0);
-        let (s, hist) = rec.rollover(k, rate, cpu);
-        if opts.live {
-            eprintln!("{}", crate::stats::live_line(&s));
+    let mut buckets = Vec::new();
+    let mut b = 1u64;
+    loop {
+        let end_ms = b * BUCKET_MS;
+        tokio::time::sleep_until((start + Duration::from_millis(end_ms)).into()).await;
+        let (bucket, ok_hist) = rec.rollover_bucket(end_ms);
+        if let Some(h) = admitted_by_phase.get_mut(phase_of(&windows, end_ms)) {
+            // Every histogram has the same bounds, so adding cannot fail.
+            let _ = h.add(&ok_hist);
         }
-        if let Some(log) = log.as_mut() {
-            let at = Duration::from_secs(u64::from(k - 1));
-            log.write_histogram(&hist, at, Duration::from_secs(1), None)
-                .map_err(|e| anyhow::anyhow!("--hdr: {e:?}"))?;
+        if buckets.len() < buckets_max {
+            buckets.push(bucket);
         }
-        if seconds.len() < SECONDS_MAX {
-            seconds.push(s);
+        if b.is_multiple_of(per_second) {
+            let k = u32::try_from(b / per_second).unwrap_or(u32::MAX);
+            let cpu = own.as_mut().and_then(CpuMeter::lap).unwrap_or(0.0);
+            let rate = profile
+                .map(|p| p.rate_at(f64::from(k) - 0.5))
+                .unwrap_or(0.0);
+            let (s, hist) = rec.rollover(k, rate, cpu);
+            if opts.live {
+                eprintln!("{}", crate::stats::live_line(&s));
+            }
+            if let Some(log) = log.as_mut() {
+                let at = Duration::from_secs(u64::from(k - 1));
+                log.write_histogram(&hist, at, Duration::from_secs(1), None)
+                    .map_err(|e| anyhow::anyhow!("--hdr: {e:?}"))?;
+            }
+            if seconds.len() < SECONDS_MAX {
+                seconds.push(s);
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
         }
-        k += 1;
+        b += 1;
     }
     drop(log);
     if let Some(mut f) = file {
@@ -378,12 +457,14 @@ async fn reporter(
     let machine = machine_start
         .zip(crate::cpu::machine_jiffies())
         .map(|(a, b)| crate::cpu::machine_busy_pct(a, b));
-    Ok((
+    Ok(Reported {
         seconds,
-        own_total.and_then(|m| m.since_start()),
-        target_total.and_then(|m| m.since_start()),
-        machine,
-    ))
+        buckets,
+        admitted_by_phase,
+        loadgen_cpu_pct: own_total.and_then(|m| m.since_start()),
+        target_cpu_pct: target_total.and_then(|m| m.since_start()),
+        machine_busy_pct: machine,
+    })
 }
 
 /// Runs the open-loop schedule for `duration`.
@@ -403,6 +484,7 @@ pub async fn open_loop<B: Binding>(
         start,
         stop.clone(),
         opts,
+        buckets_for(duration),
     ));
     let dur = duration.as_secs_f64();
     let mut tasks = JoinSet::new();
@@ -443,6 +525,7 @@ pub async fn open_loop<B: Binding>(
                 offset += k;
             }
             sent += n;
+            rec.scheduled.fetch_add(n, Ordering::Relaxed);
         }
         due = due_now;
         last = t;
@@ -464,17 +547,19 @@ pub async fn open_loop<B: Binding>(
     let unanswered = drain(&mut tasks, &rec).await;
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (seconds, own, target, machine) = rep.await??;
+    let r = rep.await??;
     Ok(RunOutcome {
-        seconds,
+        seconds: r.seconds,
+        buckets: r.buckets,
+        admitted_by_phase: r.admitted_by_phase,
         elapsed,
         scheduled: sent,
         unanswered,
         late_ticks,
         max_lag,
-        loadgen_cpu_pct: own,
-        target_cpu_pct: target,
-        machine_busy_pct: machine,
+        loadgen_cpu_pct: r.loadgen_cpu_pct,
+        target_cpu_pct: r.target_cpu_pct,
+        machine_busy_pct: r.machine_busy_pct,
     })
 }
 
@@ -506,7 +591,14 @@ pub async fn closed_loop<B: Binding>(
     let start = Instant::now();
     let deadline = start + duration;
     let stop = Arc::new(AtomicBool::new(false));
-    let rep = tokio::spawn(reporter(rec.clone(), None, start, stop.clone(), opts));
+    let rep = tokio::spawn(reporter(
+        rec.clone(),
+        None,
+        start,
+        stop.clone(),
+        opts,
+        buckets_for(duration),
+    ));
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for w in 0..concurrency {
@@ -521,6 +613,7 @@ pub async fn closed_loop<B: Binding>(
             while Instant::now() < deadline {
                 let units: Vec<Unit> = (0..batch).map(|_| g.next_unit()).collect();
                 rec.in_flight.fetch_add(batch as u64, Ordering::Relaxed);
+                rec.scheduled.fetch_add(batch as u64, Ordering::Relaxed);
                 sent.fetch_add(batch as u64, Ordering::Relaxed);
                 let t0 = Instant::now();
                 let results = execute(&ctx, units).await;
@@ -538,16 +631,55 @@ pub async fn closed_loop<B: Binding>(
     let unanswered = drain(&mut tasks, &rec).await;
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (seconds, own, target, machine) = rep.await??;
+    let r = rep.await??;
     Ok(RunOutcome {
-        seconds,
+        seconds: r.seconds,
+        buckets: r.buckets,
+        admitted_by_phase: r.admitted_by_phase,
         elapsed,
         scheduled: sent.load(Ordering::Relaxed),
         unanswered,
         late_ticks: 0,
         max_lag: Duration::ZERO,
-        loadgen_cpu_pct: own,
-        target_cpu_pct: target,
-        machine_busy_pct: machine,
+        loadgen_cpu_pct: r.loadgen_cpu_pct,
+        target_cpu_pct: r.target_cpu_pct,
+        machine_busy_pct: r.machine_busy_pct,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spike_has_four_contiguous_phases_at_the_rates_of_its_schedule() {
+        let p = Profile::Spike {
+            base: 100.0,
+            factor: 10.0,
+            duration_s: 40.0,
+        };
+        let w = p.phases();
+        let names: Vec<&str> = w.iter().map(|x| x.name).collect();
+        assert_eq!(names, [BASELINE, RAMP, PEAK, AFTER]);
+        assert_eq!(w[0].from_s, 0.0);
+        assert_eq!(w[3].to_s, 40.0);
+        for pair in w.windows(2) {
+            assert_eq!(pair[0].to_s, pair[1].from_s);
+        }
+        assert_eq!((w[2].from_s, w[2].to_s), (14.0, 24.0));
+        let mid = |x: &PhaseWindow| (x.from_s + x.to_s) / 2.0;
+        assert_eq!(p.rate_at(mid(&w[0])), 100.0);
+        assert!((p.rate_at(mid(&w[1])) - 550.0).abs() < 1e-6);
+        assert_eq!(p.rate_at(mid(&w[2])), 1_000.0);
+        assert_eq!(p.rate_at(mid(&w[3])), 100.0);
+        assert!(Profile::Constant(5.0).phases().is_empty());
+    }
+
+    #[test]
+    fn the_bucket_bound_covers_the_run_and_its_drain() {
+        let n = buckets_for(Duration::from_secs(40));
+        let needed = (40 + DRAIN_TIMEOUT.as_secs() + 1) * 1_000 / BUCKET_MS;
+        assert!(n as u64 >= needed, "{n}");
+        assert_eq!(buckets_for(Duration::from_secs(10 * 86_400)), BUCKETS_MAX);
+    }
 }

@@ -29,6 +29,10 @@ pub const ORDERS_TRACKED_MAX: usize = 20_000_000;
 pub const SEED_CHUNK_SKUS: usize = 1_000;
 /// Seeding requests in flight at once.
 pub const SEED_IN_FLIGHT: usize = 64;
+/// Times a seeding operation the target shed (`overloaded`) is sent again,
+/// each after a wait of at most 1 s (reserva's retry-after hint; over HTTP,
+/// doubling from 5 ms).
+pub const SEED_SHED_RETRIES: u32 = 100;
 /// Operations per verification request.
 pub const VERIFY_CHUNK: usize = 1_000;
 /// How long `run --verify` waits for the target's first and last SKU before
@@ -38,7 +42,14 @@ pub const CATALOGUE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::fr
 pub const RATE_SEARCH_STEPS_MAX: usize = 24;
 /// Seconds of per-second history kept for the report and the plot.
 pub const SECONDS_MAX: usize = 24 * 60 * 60;
+/// Width of the buckets finer than a second (offered, goodput, shed and the
+/// p99 of successes) that the spike phases, the recovery time and the plot
+/// are computed from.
+pub const BUCKET_MS: u64 = 100;
+/// Buckets kept at most (a run also keeps no more than its duration needs).
+pub const BUCKETS_MAX: usize = SECONDS_MAX * (1_000 / BUCKET_MS as usize);
 
 const _: () = assert!(UNITS_PER_BATCH_MAX as u64 <= IN_FLIGHT_UNITS_MAX);
 const _: () = assert!(LINES_PER_UNIT_MAX >= 1);
 const _: () = assert!(WAREHOUSES_MAX <= 64);
+const _: () = assert!(BUCKET_MS > 0 && 1_000 % BUCKET_MS == 0);

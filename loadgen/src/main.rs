@@ -123,7 +123,8 @@ struct RunArgs {
     /// Zipfian key skew (e.g. 0.99); uniform without it.
     #[arg(long)]
     zipf: Option<f64>,
-    /// p99 latency objective in ms for `--rate max` and the spike verdict.
+    /// p99 latency objective in ms for `--rate max`, and for `spike` the p99
+    /// of admitted units its recovery time is measured against.
     #[arg(long, default_value_t = 10.0)]
     slo: f64,
     /// `spike`: peak rate / baseline rate.
@@ -138,7 +139,9 @@ struct RunArgs {
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Draw throughput and latency over time as SVG.
+    /// Draw throughput and latency over time as SVG (per second; offered
+    /// load against goodput and shed per 100 ms; for `spike`, the p99 of
+    /// admitted units against `--slo` with the phases and the recovery).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Write an HdrHistogram interval log (one histogram per second).
@@ -517,7 +520,7 @@ fn build_report(
     if let Some(t) = out.target_cpu_pct {
         notes.push(format!("target process CPU: {t:.0}% of one core"));
     }
-    let spike = profile.and_then(|p| spike_summary(p, &out.seconds, a.slo));
+    let spike = profile.and_then(|p| spike_summary(p, out, a.slo));
     Report {
         scenario: a.scenario.to_string(),
         target: a.target.target.clone(),
@@ -544,37 +547,25 @@ fn build_report(
         notes,
         spike,
         seconds: out.seconds.clone(),
+        buckets: out.buckets.clone(),
         rate_search: Vec::new(),
         verify: None,
     }
 }
 
-fn spike_summary(profile: Profile, seconds: &[stats::Second], slo_ms: f64) -> Option<SpikeSummary> {
+fn spike_summary(profile: Profile, out: &RunOutcome, slo_ms: f64) -> Option<SpikeSummary> {
     let Profile::Spike { base, factor, .. } = profile else {
         return None;
     };
-    let (from, to) = profile.peak_window()?;
-    let peak: Vec<&stats::Second> = seconds
-        .iter()
-        .filter(|s| f64::from(s.t) > from + 1.0 && f64::from(s.t) <= to)
-        .collect();
-    let mut goodputs: Vec<u64> = peak.iter().map(|s| s.ok).collect();
-    goodputs.sort_unstable();
-    let median = goodputs.get(goodputs.len() / 2).copied().unwrap_or(0);
-    let slo_us = (slo_ms * 1e3) as u64;
-    let recovery_s = seconds
-        .iter()
-        .filter(|s| f64::from(s.t) > to)
-        .find(|s| s.p99_us <= slo_us && s.shed == 0)
-        .map(|s| (f64::from(s.t) - to).ceil() as u32);
-    Some(SpikeSummary {
-        baseline_rate_per_s: base,
-        peak_rate_per_s: base * factor,
-        goodput_at_peak_per_s: median as f64,
-        shed_at_peak: peak.iter().map(|s| s.shed).sum(),
-        worst_p99_at_peak_us: peak.iter().map(|s| s.p99_us).max().unwrap_or(0),
-        recovery_s,
-    })
+    Some(stats::spike_summary(
+        base,
+        base * factor,
+        &profile.phases(),
+        &out.buckets,
+        &out.admitted_by_phase,
+        slo_ms,
+        out.unanswered,
+    ))
 }
 
 /// `--rate max`: doubles the rate from `--search-start` while a step meets

@@ -1,4 +1,5 @@
-//! Latency histograms, counters per second, and the final report.
+//! Latency histograms, counters per second and per `BUCKET_MS`, the spike
+//! phases and recovery time, and the final report.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -8,7 +9,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::limits::LATENCY_US_MAX;
+use crate::limits::{BUCKET_MS, LATENCY_US_MAX};
 use crate::target::OpError;
 
 /// A histogram of latencies in microseconds, 1 µs .. `LATENCY_US_MAX`, 3 digits.
@@ -52,6 +53,12 @@ struct Rec {
     second: Histogram<u64>,
     all: Counts,
     sec: Counts,
+    /// Latencies of the successes of the current bucket.
+    bucket_ok: Histogram<u64>,
+    bucket: Counts,
+    /// `scheduled` and `backlog_dropped` when the last bucket closed.
+    scheduled_before: u64,
+    dropped_before: u64,
 }
 
 /// Collects results from every batch task: one lock per batch.
@@ -61,6 +68,8 @@ pub struct Recorder {
     pub in_flight: AtomicU64,
     /// Units the scheduler could not send because too many were in flight.
     pub backlog_dropped: AtomicU64,
+    /// Units the schedule made due (open loop) or workers sent (closed loop).
+    pub scheduled: AtomicU64,
 }
 
 /// The numbers of one second of a run.
@@ -107,9 +116,14 @@ impl Recorder {
                 second: new_histogram(),
                 all: Counts::default(),
                 sec: Counts::default(),
+                bucket_ok: new_histogram(),
+                bucket: Counts::default(),
+                scheduled_before: 0,
+                dropped_before: 0,
             }),
             in_flight: AtomicU64::new(0),
             backlog_dropped: AtomicU64::new(0),
+            scheduled: AtomicU64::new(0),
         }
     }
 
@@ -125,8 +139,12 @@ impl Recorder {
             // In range by the clamp.
             let _ = rec.total.record(v);
             let _ = rec.second.record(v);
+            if d.result.is_ok() {
+                let _ = rec.bucket_ok.record(v);
+            }
             rec.all.add(&d.result);
             rec.sec.add(&d.result);
+            rec.bucket.add(&d.result);
         }
         drop(rec);
         self.in_flight
@@ -154,6 +172,35 @@ impl Recorder {
             error_codes: sec.errors,
         };
         (s, hist)
+    }
+
+    /// Closes the current bucket, which ends `end_ms` after the start: its
+    /// counts, and the histogram of its successes' latencies.
+    pub fn rollover_bucket(&self, end_ms: u64) -> (Bucket, Histogram<u64>) {
+        let scheduled = self.scheduled.load(Ordering::Relaxed);
+        let dropped = self.backlog_dropped.load(Ordering::Relaxed);
+        let mut rec = self.lock();
+        let hist = std::mem::replace(&mut rec.bucket_ok, new_histogram());
+        let counts = std::mem::take(&mut rec.bucket);
+        let offered = scheduled.saturating_sub(rec.scheduled_before);
+        let not_sent = dropped.saturating_sub(rec.dropped_before);
+        rec.scheduled_before = scheduled;
+        rec.dropped_before = dropped;
+        drop(rec);
+        let b = Bucket {
+            end_ms,
+            offered,
+            ok: counts.ok,
+            shed: counts.shed,
+            errors: counts.error_total(),
+            not_sent,
+            ok_p99_us: if hist.is_empty() {
+                0
+            } else {
+                hist.value_at_quantile(0.99)
+            },
+        };
+        (b, hist)
     }
 
     /// Totals so far: the histogram, ok, shed, errors by code.
@@ -199,21 +246,295 @@ impl Latency {
     }
 }
 
-/// How the spike went (the `spike` scenario).
+/// The numbers of one `BUCKET_MS` bucket of a run (finer than a second):
+/// what the spike phases, the recovery time and the plot are made of.
+/// Answers count in the bucket in which their batch was recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Milliseconds since the start at the end of this bucket.
+    pub end_ms: u64,
+    /// Units the schedule made due (open loop) or workers sent (closed loop).
+    pub offered: u64,
+    /// Units answered with success (admitted).
+    pub ok: u64,
+    /// Units shed by the target (`overloaded`).
+    pub shed: u64,
+    /// Units answered with another error.
+    pub errors: u64,
+    /// Units due but not sent because too many were in flight (`loadgen_backlog`).
+    pub not_sent: u64,
+    /// 99th percentile of the successes' latency (µs); 0 without successes.
+    pub ok_p99_us: u64,
+}
+
+impl Bucket {
+    /// Milliseconds since the start at the beginning of this bucket.
+    pub fn start_ms(&self) -> u64 {
+        self.end_ms.saturating_sub(BUCKET_MS)
+    }
+
+    /// Units answered in this bucket (successes, shed and errors).
+    pub fn answered(&self) -> u64 {
+        self.ok + self.shed + self.errors
+    }
+
+    /// Milliseconds since the start at the middle of this bucket.
+    fn mid_ms(&self) -> f64 {
+        self.end_ms as f64 - BUCKET_MS as f64 / 2.0
+    }
+}
+
+/// The spike's phases, in order; `DRAIN` follows the schedule's end.
+pub const BASELINE: &str = "baseline";
+/// The rate climbing from the baseline to the peak.
+pub const RAMP: &str = "ramp";
+/// The peak rate held.
+pub const PEAK: &str = "peak";
+/// Back at the baseline rate until the schedule ends.
+pub const AFTER: &str = "after";
+/// Answers that came after the schedule ended (nothing offered).
+pub const DRAIN: &str = "drain";
+
+/// One window `[from_s, to_s)` of a schedule, in seconds since the start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseWindow {
+    /// `BASELINE`, `RAMP`, `PEAK` or `AFTER`.
+    pub name: &'static str,
+    /// Start (s).
+    pub from_s: f64,
+    /// End (s).
+    pub to_s: f64,
+}
+
+/// The phase of the bucket ending at `end_ms`: the index of the window (in
+/// order, contiguous from 0) that holds the bucket's middle, or
+/// `windows.len()` (the drain) past the last one.
+pub fn phase_of(windows: &[PhaseWindow], end_ms: u64) -> usize {
+    let mid_s = (end_ms as f64 - BUCKET_MS as f64 / 2.0) / 1e3;
+    windows
+        .iter()
+        .position(|w| mid_s < w.to_s)
+        .unwrap_or(windows.len())
+}
+
+/// What one phase of a spike run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSummary {
+    /// `baseline`, `ramp`, `peak`, `after`, or `drain` (answers after the
+    /// schedule ended; listed only when there were any).
+    pub phase: &'static str,
+    /// Start of the phase's buckets (s since the start).
+    pub from_s: f64,
+    /// End of the phase's buckets (s since the start).
+    pub to_s: f64,
+    /// Units scheduled.
+    pub offered: u64,
+    /// Units scheduled per second.
+    pub offered_per_s: f64,
+    /// Units answered with success (admitted).
+    pub ok: u64,
+    /// Successful units per second.
+    pub goodput_per_s: f64,
+    /// Units shed by the target (`overloaded`).
+    pub shed: u64,
+    /// Units answered with another error.
+    pub errors: u64,
+    /// Units due but not sent because too many were in flight (`loadgen_backlog`).
+    pub not_sent: u64,
+    /// Latency of the successful units answered in this phase (µs), from
+    /// one histogram per phase.
+    pub admitted_latency_us: Latency,
+}
+
+/// Splits the buckets of a run into `windows` (plus the drain, when it saw
+/// anything): counts summed per phase, latencies from `admitted` (one
+/// histogram of successes per phase, `windows.len() + 1` of them, filled with
+/// the buckets `phase_of` assigns to each).
+pub fn split_phases(
+    windows: &[PhaseWindow],
+    buckets: &[Bucket],
+    admitted: &[Histogram<u64>],
+) -> Vec<PhaseSummary> {
+    #[derive(Default, Clone, Copy)]
+    struct Acc {
+        from_ms: Option<u64>,
+        to_ms: u64,
+        offered: u64,
+        ok: u64,
+        shed: u64,
+        errors: u64,
+        not_sent: u64,
+    }
+    let mut acc = vec![Acc::default(); windows.len() + 1];
+    for b in buckets {
+        let Some(a) = acc.get_mut(phase_of(windows, b.end_ms)) else {
+            continue;
+        };
+        a.from_ms = Some(a.from_ms.map_or(b.start_ms(), |f| f.min(b.start_ms())));
+        a.to_ms = a.to_ms.max(b.end_ms);
+        a.offered += b.offered;
+        a.ok += b.ok;
+        a.shed += b.shed;
+        a.errors += b.errors;
+        a.not_sent += b.not_sent;
+    }
+    let mut out = Vec::with_capacity(acc.len());
+    for (i, a) in acc.iter().enumerate() {
+        let window = windows.get(i);
+        let name = window.map_or(DRAIN, |w| w.name);
+        if window.is_none() && a.offered + a.ok + a.shed + a.errors + a.not_sent == 0 {
+            continue;
+        }
+        let (from_s, to_s) = match a.from_ms {
+            Some(f) => (f as f64 / 1e3, a.to_ms as f64 / 1e3),
+            None => window.map_or((0.0, 0.0), |w| (w.from_s, w.from_s)),
+        };
+        let secs = to_s - from_s;
+        let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let admitted_latency_us = match admitted.get(i) {
+            Some(h) if !h.is_empty() => Latency::of(h),
+            _ => Latency::default(),
+        };
+        out.push(PhaseSummary {
+            phase: name,
+            from_s,
+            to_s,
+            offered: a.offered,
+            offered_per_s: per_s(a.offered),
+            ok: a.ok,
+            goodput_per_s: per_s(a.ok),
+            shed: a.shed,
+            errors: a.errors,
+            not_sent: a.not_sent,
+            admitted_latency_us,
+        });
+    }
+    out
+}
+
+/// Milliseconds from `peak_end_s` until the p99 of successes stayed at most
+/// `slo_us`: the start of the first bucket after the peak from which every
+/// bucket with traffic to the end of `buckets` met it, minus the peak's end
+/// (0 if it never stopped meeting it). A bucket meets it when it has
+/// successes, their p99 is within `slo_us`, and no unit was left unsent; a
+/// bucket with answers but no success misses it; a bucket with neither
+/// answers nor unsent units is neutral. `None` if the last bucket with
+/// traffic missed it, or no bucket after the peak had any.
+pub fn recovery_ms(buckets: &[Bucket], peak_end_s: f64, slo_us: u64) -> Option<u64> {
+    let peak_end_ms = (peak_end_s * 1e3).max(0.0);
+    let mut since: Option<u64> = None;
+    for b in buckets.iter().filter(|b| b.mid_ms() >= peak_end_ms) {
+        if b.answered() == 0 && b.not_sent == 0 {
+            continue;
+        }
+        if b.ok > 0 && b.ok_p99_us <= slo_us && b.not_sent == 0 {
+            since.get_or_insert(b.start_ms());
+        } else {
+            since = None;
+        }
+    }
+    since.map(|s| (s as f64 - peak_end_ms).max(0.0).round() as u64)
+}
+
+/// How the spike went (the `spike` scenario), phase by phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct SpikeSummary {
     /// Baseline rate.
     pub baseline_rate_per_s: f64,
     /// Peak scheduled rate.
     pub peak_rate_per_s: f64,
-    /// Successful units per second while the peak was held (median of its seconds).
-    pub goodput_at_peak_per_s: f64,
-    /// Shed units while the peak was held.
-    pub shed_at_peak: u64,
-    /// Worst per-second p99 of admitted (answered) units during the peak (µs).
-    pub worst_p99_at_peak_us: u64,
-    /// Seconds after the schedule fell back until a second's p99 was under the SLO again.
-    pub recovery_s: Option<u32>,
+    /// The p99 objective of admitted units (`--slo`, ms).
+    pub slo_ms: f64,
+    /// Width of the buckets the phases and the recovery are computed from (ms).
+    pub bucket_ms: u64,
+    /// `baseline`, `ramp`, `peak`, `after`, and `drain` when answers came
+    /// after the schedule ended.
+    pub phases: Vec<PhaseSummary>,
+    /// Milliseconds from the end of the peak until the p99 of admitted units
+    /// was back within the SLO for the rest of the run (see `recovery_ms`);
+    /// `None` if it never was, or units were left unanswered.
+    pub recovery_ms: Option<u64>,
+}
+
+/// The spike summary of a run from its buckets and its per-phase histograms
+/// of successes (see `split_phases`).
+pub fn spike_summary(
+    baseline_rate: f64,
+    peak_rate: f64,
+    windows: &[PhaseWindow],
+    buckets: &[Bucket],
+    admitted: &[Histogram<u64>],
+    slo_ms: f64,
+    unanswered: u64,
+) -> SpikeSummary {
+    let slo_us = (slo_ms * 1e3).max(0.0) as u64;
+    let recovery = match windows.iter().find(|w| w.name == PEAK) {
+        Some(peak) if unanswered == 0 => recovery_ms(buckets, peak.to_s, slo_us),
+        _ => None,
+    };
+    SpikeSummary {
+        baseline_rate_per_s: baseline_rate,
+        peak_rate_per_s: peak_rate,
+        slo_ms,
+        bucket_ms: BUCKET_MS,
+        phases: split_phases(windows, buckets, admitted),
+        recovery_ms: recovery,
+    }
+}
+
+/// The spike's phases as a markdown table, and the recovery.
+pub fn spike_table(s: &SpikeSummary, unanswered: u64) -> String {
+    let mut out = format!(
+        "\nspike: baseline {:.0}/s, peak {:.0}/s; admitted = answered with success; \
+         SLO p99 <= {} ms; phases on {} ms buckets\n\n",
+        s.baseline_rate_per_s, s.peak_rate_per_s, s.slo_ms, s.bucket_ms
+    );
+    out.push_str(
+        "| phase | seconds | offered/s | goodput/s | shed | errors | admitted p50 | admitted p99 |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    for p in &s.phases {
+        let lat = |us: u64| {
+            if p.ok == 0 {
+                "-".to_owned()
+            } else {
+                fmt_us(us)
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {:.1}-{:.1} | {:.0} | {:.0} | {} | {}{} | {} | {} |\n",
+            p.phase,
+            p.from_s,
+            p.to_s,
+            p.offered_per_s,
+            p.goodput_per_s,
+            p.shed,
+            p.errors,
+            if p.not_sent > 0 {
+                format!(" (+{} not sent)", p.not_sent)
+            } else {
+                String::new()
+            },
+            lat(p.admitted_latency_us.p50),
+            lat(p.admitted_latency_us.p99),
+        ));
+    }
+    out.push_str(&match s.recovery_ms {
+        Some(ms) => format!(
+            "\nrecovery: {ms} ms after the peak ended, the p99 of admitted units was back \
+             within {} ms and stayed there\n",
+            s.slo_ms
+        ),
+        None if unanswered > 0 => {
+            format!("\nrecovery: none within the run ({unanswered} units were never answered)\n")
+        }
+        None => format!(
+            "\nrecovery: none within the run: after the peak the p99 of admitted units did \
+             not get back within {} ms for good\n",
+            s.slo_ms
+        ),
+    });
+    out
 }
 
 /// Everything a run reports (`--json`).
@@ -261,6 +582,9 @@ pub struct Report {
     pub spike: Option<SpikeSummary>,
     /// Every second.
     pub seconds: Vec<Second>,
+    /// Every `BUCKET_MS` bucket (for the plot; not written to the JSON).
+    #[serde(skip)]
+    pub buckets: Vec<Bucket>,
     /// The steps of a `--rate max` search.
     pub rate_search: Vec<SearchStep>,
     /// The `--verify` outcome.
@@ -362,6 +686,12 @@ pub fn final_table(r: &Report) -> String {
             .map(|c| format!("{c:.0}%"))
             .unwrap_or_else(|| "-".into()),
     ));
+    if let Some(s) = &r.spike {
+        out.push_str(&spike_table(
+            s,
+            r.errors.get("unanswered").copied().unwrap_or(0),
+        ));
+    }
     for n in &r.notes {
         out.push_str(&format!("\nnote: {n}"));
     }
@@ -372,4 +702,299 @@ pub fn final_table(r: &Report) -> String {
 /// Microseconds from `from` to `to` (0 if `to` is earlier).
 pub fn micros_between(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{CODE_OVERLOADED, OpError};
+
+    /// The phases of a 10 s spike run: the ramp at 2.5 s, the peak at 3.5 s,
+    /// the fall at 6 s.
+    fn windows() -> Vec<PhaseWindow> {
+        let w = |name, from_s, to_s| PhaseWindow { name, from_s, to_s };
+        vec![
+            w(BASELINE, 0.0, 2.5),
+            w(RAMP, 2.5, 3.5),
+            w(PEAK, 3.5, 6.0),
+            w(AFTER, 6.0, 10.0),
+        ]
+    }
+
+    /// Bucket `k` (ending at `k * BUCKET_MS`).
+    fn bucket(k: u64, offered: u64, ok: u64, shed: u64, ok_p99_us: u64) -> Bucket {
+        Bucket {
+            end_ms: k * BUCKET_MS,
+            offered,
+            ok,
+            shed,
+            errors: 0,
+            not_sent: 0,
+            ok_p99_us,
+        }
+    }
+
+    /// A 10 s spike at 100/s (10 per bucket) and 1000/s at the peak, with
+    /// the admitted p99 at `p99(k)` in bucket `k`; the target sheds a third
+    /// of the peak. Five drain buckets follow; the first holds answers.
+    fn run(p99: impl Fn(u64) -> u64) -> Vec<Bucket> {
+        let w = windows();
+        (1..=105)
+            .map(|k| match phase_of(&w, k * BUCKET_MS) {
+                0 | 3 => bucket(k, 10, 10, 0, p99(k)),
+                1 => bucket(k, 55, 50, 5, p99(k)),
+                2 => bucket(k, 100, 66, 34, p99(k)),
+                _ if k == 101 => bucket(k, 0, 3, 0, p99(k)),
+                _ => bucket(k, 0, 0, 0, 0),
+            })
+            .collect()
+    }
+
+    const MS: u64 = 1_000;
+
+    #[test]
+    fn buckets_fall_in_the_phase_that_holds_their_middle() {
+        let w = windows();
+        for (end_ms, phase) in [
+            (100, 0),
+            (2_500, 0),
+            (2_600, 1),
+            (3_500, 1),
+            (3_600, 2),
+            (6_000, 2),
+            (6_100, 3),
+            (10_000, 3),
+            (10_100, 4),
+            (99_900, 4),
+        ] {
+            assert_eq!(phase_of(&w, end_ms), phase, "bucket ending at {end_ms} ms");
+        }
+        // Boundaries off the bucket grid go by the bucket's middle.
+        let odd = [
+            PhaseWindow {
+                name: BASELINE,
+                from_s: 0.0,
+                to_s: 1.75,
+            },
+            PhaseWindow {
+                name: RAMP,
+                from_s: 1.75,
+                to_s: 2.45,
+            },
+        ];
+        assert_eq!(phase_of(&odd, 1_700), 0);
+        assert_eq!(phase_of(&odd, 1_800), 1);
+        assert_eq!(phase_of(&odd, 2_500), 2);
+        assert_eq!(phase_of(&[], 100), 0);
+    }
+
+    #[test]
+    fn the_phase_split_sums_buckets_and_takes_latency_from_each_phase_histogram() {
+        let w = windows();
+        let buckets = run(|_| 2 * MS);
+        let mut admitted: Vec<Histogram<u64>> = (0..=w.len()).map(|_| new_histogram()).collect();
+        // Admitted latencies: 1 ms at the baseline, 1..=100 ms at the peak.
+        for _ in 0..250 {
+            admitted[0].record(1_000).unwrap();
+        }
+        for v in 1..=100 {
+            admitted[2].record(v * MS).unwrap();
+        }
+        let phases = split_phases(&w, &buckets, &admitted);
+        let names: Vec<&str> = phases.iter().map(|p| p.phase).collect();
+        assert_eq!(names, [BASELINE, RAMP, PEAK, AFTER, DRAIN]);
+
+        let base = &phases[0];
+        assert_eq!((base.from_s, base.to_s), (0.0, 2.5));
+        assert_eq!(
+            (base.offered, base.ok, base.shed, base.errors),
+            (250, 250, 0, 0)
+        );
+        assert!((base.offered_per_s - 100.0).abs() < 1e-9);
+        assert!((base.goodput_per_s - 100.0).abs() < 1e-9);
+        assert_eq!(base.admitted_latency_us.p50, 1_000);
+
+        let ramp = &phases[1];
+        assert_eq!((ramp.from_s, ramp.to_s), (2.5, 3.5));
+        assert_eq!((ramp.offered, ramp.ok, ramp.shed), (550, 500, 50));
+        // No successes were added to the ramp's histogram.
+        assert_eq!(ramp.admitted_latency_us.p99, 0);
+
+        let peak = &phases[2];
+        assert_eq!((peak.from_s, peak.to_s), (3.5, 6.0));
+        assert_eq!((peak.offered, peak.ok, peak.shed), (2_500, 1_650, 850));
+        assert!((peak.offered_per_s - 1_000.0).abs() < 1e-9);
+        assert!((peak.goodput_per_s - 660.0).abs() < 1e-9);
+        // From the histogram, not from the buckets' p99s (2 ms each).
+        let p99 = peak.admitted_latency_us.p99;
+        assert!((98_900..=99_100).contains(&p99), "{p99}");
+        let p50 = peak.admitted_latency_us.p50;
+        assert!((49_900..=50_100).contains(&p50), "{p50}");
+
+        let after = &phases[3];
+        assert_eq!((after.from_s, after.to_s), (6.0, 10.0));
+        assert_eq!((after.offered, after.ok), (400, 400));
+
+        // The drain spans every bucket after the schedule, nothing offered.
+        let drain = &phases[4];
+        assert_eq!((drain.from_s, drain.to_s), (10.0, 10.5));
+        assert_eq!((drain.offered, drain.ok, drain.offered_per_s), (0, 3, 0.0));
+
+        // The phases account for every bucket.
+        let total = |f: fn(&Bucket) -> u64| buckets.iter().map(f).sum::<u64>();
+        assert_eq!(phases.iter().map(|p| p.ok).sum::<u64>(), total(|b| b.ok));
+        assert_eq!(
+            phases.iter().map(|p| p.shed).sum::<u64>(),
+            total(|b| b.shed)
+        );
+        assert_eq!(
+            phases.iter().map(|p| p.offered).sum::<u64>(),
+            total(|b| b.offered)
+        );
+    }
+
+    #[test]
+    fn a_quiet_drain_is_left_out_and_a_phase_without_buckets_reports_zeros() {
+        let w = windows();
+        let buckets: Vec<Bucket> = run(|_| MS).into_iter().take(100).collect();
+        let phases = split_phases(&w, &buckets, &[]);
+        assert_eq!(
+            phases.len(),
+            4,
+            "no drain without answers after the schedule"
+        );
+        assert_eq!(phases[3].admitted_latency_us.p99, 0);
+        // A run cut short: the after phase never started.
+        let phases = split_phases(&w, &buckets[..50], &[]);
+        let after = &phases[3];
+        assert_eq!((after.from_s, after.to_s, after.offered), (6.0, 6.0, 0));
+        assert_eq!((after.offered_per_s, after.goodput_per_s), (0.0, 0.0));
+    }
+
+    #[test]
+    fn recovery_is_when_the_admitted_p99_got_back_under_the_slo_for_good() {
+        let slo = 10 * MS;
+        // Never above the SLO: recovered at once.
+        assert_eq!(recovery_ms(&run(|_| 2 * MS), 6.0, slo), Some(0));
+        // Over it through the peak and 1.3 s after it (buckets 61..=73).
+        let slow_until = |last: u64| move |k: u64| if k <= last { 50 * MS } else { 2 * MS };
+        assert_eq!(recovery_ms(&run(slow_until(73)), 6.0, slo), Some(1_300));
+        // Exactly at the SLO counts as within it.
+        assert_eq!(recovery_ms(&run(|_| slo), 6.0, slo), Some(0));
+        // Back under it, then over it again (bucket 80): from the second time.
+        let flap = |k: u64| if k <= 65 || k == 80 { 50 * MS } else { 2 * MS };
+        assert_eq!(recovery_ms(&run(flap), 6.0, slo), Some(2_000));
+        // Still over it in the drain: never recovered within the run.
+        let late = |k: u64| if k == 101 { 50 * MS } else { 2 * MS };
+        assert_eq!(recovery_ms(&run(late), 6.0, slo), None);
+        // No bucket after the peak.
+        assert_eq!(recovery_ms(&run(|_| MS)[..60], 6.0, slo), None);
+    }
+
+    #[test]
+    fn buckets_without_answers_neither_recover_nor_break_a_recovery() {
+        let slo = 10 * MS;
+        // Over the SLO until 6.5 s, silent until 7 s, then fine.
+        let mut b = run(|k| if k <= 65 { 50 * MS } else { 2 * MS });
+        for x in &mut b[65..70] {
+            *x = Bucket {
+                end_ms: x.end_ms,
+                ..Bucket::default()
+            };
+        }
+        assert_eq!(recovery_ms(&b, 6.0, slo), Some(1_000));
+        // Silent buckets at the end keep a recovery that happened before them.
+        let b = run(|_| 2 * MS);
+        assert_eq!(recovery_ms(&b[..103], 6.0, slo), Some(0));
+    }
+
+    #[test]
+    fn answers_without_successes_or_units_left_unsent_are_not_recovered() {
+        let slo = 10 * MS;
+        // Everything shed from 6 s to 7 s.
+        let mut b = run(|_| 2 * MS);
+        for x in &mut b[60..70] {
+            (x.ok, x.shed, x.ok_p99_us) = (0, 10, 0);
+        }
+        assert_eq!(recovery_ms(&b, 6.0, slo), Some(1_000));
+        // Units not sent at 8 s (the generator's in-flight bound was reached).
+        let mut b = run(|_| 2 * MS);
+        b[80].not_sent = 5;
+        assert_eq!(recovery_ms(&b, 6.0, slo), Some(2_100));
+    }
+
+    #[test]
+    fn the_spike_summary_names_its_phases_and_withholds_recovery_when_units_hung() {
+        let w = windows();
+        let b = run(|k| if k <= 70 { 50 * MS } else { 2 * MS });
+        let admitted: Vec<Histogram<u64>> = (0..=w.len()).map(|_| new_histogram()).collect();
+        let s = spike_summary(100.0, 1_000.0, &w, &b, &admitted, 10.0, 0);
+        assert_eq!(s.recovery_ms, Some(1_000));
+        assert_eq!((s.bucket_ms, s.slo_ms), (BUCKET_MS, 10.0));
+        assert_eq!(s.phases.len(), 5);
+        let hung = spike_summary(100.0, 1_000.0, &w, &b, &admitted, 10.0, 7);
+        assert_eq!(hung.recovery_ms, None);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["recovery_ms"], 1_000);
+        assert_eq!(json["phases"][2]["phase"], "peak");
+        assert_eq!(json["phases"][2]["shed"], 850);
+        assert!(json["phases"][2]["admitted_latency_us"]["p99"].is_u64());
+    }
+
+    #[test]
+    fn the_spike_table_has_a_row_per_phase_and_says_how_it_recovered() {
+        let w = windows();
+        let b = run(|k| if k <= 73 { 50 * MS } else { 2 * MS });
+        let mut admitted: Vec<Histogram<u64>> = (0..=w.len()).map(|_| new_histogram()).collect();
+        for (i, us) in [(0, 1_200), (1, 4_000), (2, 48_000), (3, 9_000), (4, 2_000)] {
+            admitted[i].record_n(us, 100).unwrap();
+        }
+        let s = spike_summary(100.0, 1_000.0, &w, &b, &admitted, 10.0, 0);
+        let text = spike_table(&s, 0);
+        println!("{text}");
+        assert!(text.contains("| baseline | 0.0-2.5 | 100 | 100 | 0 | 0 | 1.20 ms | 1.20 ms |"));
+        assert!(text.contains("| peak | 3.5-6.0 | 1000 | 660 | 850 | 0 |"));
+        assert!(text.contains("| drain | 10.0-10.5 | 0 | 6 | 0 | 0 |"));
+        assert!(text.contains("recovery: 1300 ms after the peak ended"));
+        let none = spike_summary(100.0, 1_000.0, &w, &b, &admitted, 10.0, 7);
+        assert!(spike_table(&none, 7).contains("7 units were never answered"));
+    }
+
+    #[test]
+    fn buckets_count_offered_and_unsent_units_and_the_p99_of_successes_only() {
+        let rec = Recorder::new();
+        rec.scheduled.fetch_add(12, Ordering::Relaxed);
+        rec.backlog_dropped.fetch_add(2, Ordering::Relaxed);
+        rec.in_flight.fetch_add(10, Ordering::Relaxed);
+        let mut done: Vec<Done> = (1..=8)
+            .map(|i| Done {
+                latency_us: i * 1_000,
+                result: Ok(()),
+            })
+            .collect();
+        done.push(Done {
+            latency_us: 900_000,
+            result: Err(OpError::refused(CODE_OVERLOADED)),
+        });
+        done.push(Done {
+            latency_us: 5_000_000,
+            result: Err(OpError::unknown("timeout")),
+        });
+        rec.record(&done);
+        let (b, hist) = rec.rollover_bucket(100);
+        assert_eq!(
+            (b.end_ms, b.offered, b.ok, b.shed, b.errors, b.not_sent),
+            (100, 12, 8, 1, 1, 2)
+        );
+        assert_eq!(hist.len(), 8);
+        assert!((7_990..=8_010).contains(&b.ok_p99_us), "{}", b.ok_p99_us);
+        // The next bucket starts from nothing.
+        rec.scheduled.fetch_add(3, Ordering::Relaxed);
+        let (b, hist) = rec.rollover_bucket(200);
+        assert_eq!((b.offered, b.ok, b.not_sent, b.ok_p99_us), (3, 0, 0, 0));
+        assert!(hist.is_empty());
+        // The per-second numbers still see every answer.
+        let (s, _) = rec.rollover(1, 0.0, 0.0);
+        assert_eq!((s.ok, s.shed, s.errors), (8, 1, 1));
+    }
 }

@@ -24,10 +24,12 @@ use reserva_protocol::{
 };
 
 use crate::auth::{Principal, Role, authorize};
+use crate::core::admission::Decision;
 use crate::core::{Core, Origin, Pending, Scope};
 use crate::limits::{
     HANDSHAKE_TIMEOUT, IN_FLIGHT_BATCHES_PER_CONNECTION_MAX, WRITE_QUEUE_FRAMES_MAX,
 };
+use crate::metrics::{self, Shed};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -218,7 +220,7 @@ impl Conn {
     async fn batch(&mut self, request_id: u64, batch: Batch) -> Result<(), String> {
         // The deadline counts from now, when the frame has just been read
         // (the wait for an in-flight slot counts against it).
-        let origin = Origin::client(std::time::Instant::now(), batch.timeout_ms);
+        let mut origin = Origin::client(std::time::Instant::now(), batch.timeout_ms);
         let permit = self
             .in_flight
             .acquire_static_permit(1)
@@ -230,6 +232,27 @@ impl Conn {
             Role::Seller => Scope::Seller(principal.seller_id.clone().unwrap_or_default()),
             Role::Customer => Scope::Customer(principal.user_id.clone().unwrap_or_default()),
         };
+        // The batch is weighed once, here, when its slot is free.
+        let now = std::time::Instant::now();
+        let refused = match origin.expired(now) {
+            Some(e) => Some((e, Shed::Deadline)),
+            None => match self.core.admit(origin.left(now)) {
+                Decision::Admit => None,
+                Decision::Shed { retry_after_ms } => {
+                    Some((WireError::Overloaded { retry_after_ms }, Shed::ExpectedWait))
+                }
+            },
+        };
+        if let Some((error, why)) = refused {
+            for _ in &batch.ops {
+                metrics::global().shed(why);
+            }
+            let results = batch.ops.iter().map(|_| Err(error.clone())).collect();
+            return self.answer_now(request_id, results, permit).await;
+        }
+        if let Origin::Client { admitted_by, .. } = &mut origin {
+            *admitted_by = Some(self.core.id);
+        }
         // (shard, answer) per op; shard 0 for ops refused before routing.
         let mut answers: Vec<(u16, oneshot::Receiver<OpResult>)> =
             Vec::with_capacity(batch.ops.len());
@@ -276,6 +299,26 @@ impl Conn {
         })
         .detach();
         Ok(())
+    }
+
+    /// Answers a whole batch at once (it was refused before any op was queued).
+    async fn answer_now(
+        &self,
+        request_id: u64,
+        results: Vec<OpResult>,
+        permit: glommio::sync::StaticPermit,
+    ) -> Result<(), String> {
+        let mut frame = Vec::new();
+        let mut results = Results { results };
+        if let Err(e) = encode_results(request_id, &mut results, FRAME_BYTES_MAX, &mut frame) {
+            frame = message_to_vec(request_id, &Message::Error(e.to_wire_error()))
+                .map_err(|e| e.to_string())?;
+        }
+        drop(permit);
+        self.out
+            .send(frame)
+            .await
+            .map_err(|_| "writer closed".to_string())
     }
 
     /// On a core's own port, a shard this core does not own is `WrongShard`:

@@ -83,6 +83,10 @@ pub enum Origin {
     Client {
         /// When the client stops waiting, and the time it allowed (ms).
         deadline: Option<(Instant, u32)>,
+        /// The core that admitted the request's whole batch: on that core
+        /// the request is not weighed again (a batch is admitted or refused
+        /// as one), elsewhere (forwarded) it is.
+        admitted_by: Option<u16>,
     },
     /// The node itself (checkout steps, expiry ticks): admitted when the
     /// client request that started it was, never refused for load.
@@ -99,14 +103,29 @@ impl Origin {
                 timeout_ms,
             )
         });
-        Origin::Client { deadline }
+        Origin::Client {
+            deadline,
+            admitted_by: None,
+        }
+    }
+
+    /// The time left before the deadline at `now`, if there is one.
+    pub fn left(&self, now: Instant) -> Option<Duration> {
+        match *self {
+            Origin::Client {
+                deadline: Some((at, _)),
+                ..
+            } => Some(at.saturating_duration_since(now)),
+            _ => None,
+        }
     }
 
     /// `DeadlineExceeded` if the request's deadline has passed at `now`.
-    fn expired(&self, now: Instant) -> Option<WireError> {
+    pub fn expired(&self, now: Instant) -> Option<WireError> {
         match *self {
             Origin::Client {
                 deadline: Some((at, timeout_ms)),
+                ..
             } if now >= at => Some(WireError::DeadlineExceeded { timeout_ms }),
             _ => None,
         }
@@ -336,18 +355,18 @@ impl Core {
             }));
             return false;
         }
-        if let Origin::Client { deadline } = pending.origin {
+        if let Origin::Client { admitted_by, .. } = pending.origin {
             let now = Instant::now();
             if let Some(e) = pending.origin.expired(now) {
                 metrics::global().shed(Shed::Deadline);
                 pending.answer(Err(e));
                 return false;
             }
-            let left = deadline.map(|(at, _)| at.saturating_duration_since(now));
-            let decision = self
-                .admission
-                .borrow()
-                .decide(self.config.admission_budget, left);
+            let decision = if admitted_by == Some(self.id) {
+                self.admission.borrow().decide_admitted()
+            } else {
+                self.admit(pending.origin.left(now))
+            };
             if let admission::Decision::Shed { retry_after_ms } = decision {
                 metrics::global().shed(Shed::ExpectedWait);
                 pending.answer(Err(WireError::Overloaded { retry_after_ms }));
@@ -421,6 +440,14 @@ impl Core {
                 slot.tick_queued = false;
             }
         }
+    }
+
+    /// Whether this core admits a client's request (or batch) now, with
+    /// `left` before its deadline.
+    pub fn admit(&self, left: Option<Duration>) -> admission::Decision {
+        self.admission
+            .borrow()
+            .decide(self.config.admission_budget, left)
     }
 
     /// Sets the admission's count of held requests from the queues and

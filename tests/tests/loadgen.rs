@@ -236,3 +236,85 @@ fn a_run_against_a_smaller_catalogue_fails_fast_and_rates_take_per_minute() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| 500 |"), "{stdout}");
 }
+
+/// A `spike` run reports each phase (offered, goodput, shed, errors, the
+/// admitted latency) and the recovery time in its JSON and its text, and
+/// `--plot` draws the offered load against goodput and shed.
+#[test]
+fn a_spike_run_reports_its_phases_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let target = format!("reserva://{}", server.addr);
+    seed(&target);
+    let json = dir.path().join("spike.json");
+    let svg = dir.path().join("spike.svg");
+    let mut args = vec![
+        "run",
+        "--target",
+        &target,
+        "--scenario",
+        "spike",
+        "--rate",
+        "20",
+        "--spike-factor",
+        "5",
+        "--duration",
+        "4s",
+        "--slo",
+        "60000",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ];
+    args.extend(CATALOG);
+    let out = loadgen(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "spike run failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "| baseline | 0.0-1.0 |",
+        "| ramp |",
+        "| peak |",
+        "| after |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing from {stdout}");
+    }
+    assert!(stdout.contains("recovery: "), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let spike = &report["spike"];
+    let phases = spike["phases"].as_array().expect("spike.phases");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert_eq!(
+        &names[..4],
+        ["baseline", "ramp", "peak", "after"],
+        "{spike}"
+    );
+    let mut offered = 0;
+    for p in phases {
+        for field in ["offered_per_s", "goodput_per_s", "shed", "errors"] {
+            assert!(p[field].is_number(), "{field} missing from {p}");
+        }
+        assert!(p["admitted_latency_us"]["p99"].is_u64(), "{p}");
+        offered += p["offered"].as_u64().unwrap();
+    }
+    assert_eq!(Some(offered), report["scheduled"].as_u64(), "{report}");
+    let peak = &phases[2];
+    assert!(
+        peak["offered_per_s"].as_f64().unwrap()
+            > 2.0 * phases[0]["offered_per_s"].as_f64().unwrap(),
+        "{spike}"
+    );
+    assert!(peak["ok"].as_u64().unwrap() > 0, "{spike}");
+    // A 60 s objective is met again within the after phase (2.4 s to 4 s).
+    let recovery = spike["recovery_ms"].as_u64();
+    assert!(recovery.is_some_and(|ms| ms <= 1_600), "{spike}");
+
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    for title in ["offered vs goodput vs shed", "p99 of admitted units"] {
+        assert!(plot.contains(title), "{title} missing from the plot");
+    }
+}

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::{Binding, CartReq, CheckoutReq, Hold, OpError, OpResult, ReserveReq, StockRow};
+use crate::limits::SEED_SHED_RETRIES;
 use crate::workload::{
     CURRENCY, Catalog, Line, PRICE_MINOR, seller_name, sku_name, user_name, warehouse_name,
 };
@@ -92,6 +93,26 @@ impl Http {
     }
 }
 
+impl Http {
+    /// A seeding `PUT`, sent again while the gateway sheds it (`overloaded`),
+    /// up to `SEED_SHED_RETRIES` times with a wait doubling from 5 ms to 1 s
+    /// (a `PUT` may repeat).
+    async fn seed_put(&self, path: &str, body: Value) -> OpResult<()> {
+        let mut wait = Duration::from_millis(5);
+        let mut attempt = 0;
+        loop {
+            match self.call(Method::PUT, path, Some(body.clone())).await {
+                Err(e) if e.is_shed() && attempt < SEED_SHED_RETRIES => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                    attempt += 1;
+                }
+                r => return r.map(|_| ()),
+            }
+        }
+    }
+}
+
 /// The stable `code` of a problem document, or one from the status.
 fn problem_code(status: StatusCode, body: &Value) -> OpError {
     let code = body.get("code").and_then(Value::as_str).unwrap_or("");
@@ -147,15 +168,11 @@ impl Binding for Http {
                 "title": format!("Item {i}"),
                 "price": {"amount_minor": PRICE_MINOR, "currency": CURRENCY},
             });
-            self.call(
-                Method::PUT,
-                &format!("/v1/skus/{}", sku_name(i)),
-                Some(body),
-            )
-            .await?;
+            self.seed_put(&format!("/v1/skus/{}", sku_name(i)), body)
+                .await?;
             for w in 0..catalog.warehouses {
                 let path = format!("/v1/skus/{}/stock/{}", sku_name(i), warehouse_name(w));
-                self.call(Method::PUT, &path, Some(json!({"on_hand": catalog.stock})))
+                self.seed_put(&path, json!({"on_hand": catalog.stock}))
                     .await?;
             }
             Ok::<(), OpError>(())

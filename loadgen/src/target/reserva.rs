@@ -17,6 +17,7 @@ use reserva_client::protocol::engine::{
 use reserva_client::{Client, ClientConfig, Op, OpResult as WireResult, Query, Reply, WireError};
 
 use super::{Binding, CartReq, CheckoutReq, Hold, OpError, OpResult, ReserveReq, StockRow};
+use crate::limits::SEED_SHED_RETRIES;
 use crate::workload::{
     CURRENCY, Catalog, Line, PRICE_MINOR, seller_name, sku_name, user_name, warehouse_name,
 };
@@ -165,7 +166,7 @@ impl Binding for Reserva {
             )));
         }
         // SKUs first: stock needs the SKU to exist.
-        check_all(self.client.batch(ops).await?, "UpsertSku")?;
+        self.seed_batch(ops, "UpsertSku").await?;
         let mut ops = Vec::new();
         for i in skus {
             for w in 0..catalog.warehouses {
@@ -176,7 +177,7 @@ impl Binding for Reserva {
                 })));
             }
         }
-        check_all(self.client.batch(ops).await?, "SetStock")
+        self.seed_batch(ops, "SetStock").await
     }
 
     async fn reserve(&self, reqs: Vec<ReserveReq>) -> Vec<OpResult<Hold>> {
@@ -360,13 +361,44 @@ impl Binding for Reserva {
     }
 }
 
-fn check_all(results: Vec<WireResult>, what: &str) -> anyhow::Result<()> {
-    for r in results {
-        if let Err(e) = r {
-            anyhow::bail!("{what} failed while seeding: {e}");
+impl Reserva {
+    /// Runs seeding `ops`, sending those the node shed (`Overloaded`) again
+    /// after its retry-after hint, up to `SEED_SHED_RETRIES` times. Seeding
+    /// may repeat: SKUs are upserted under fixed idempotency keys and stock
+    /// is set to an absolute level.
+    async fn seed_batch(&self, ops: Vec<Op>, what: &str) -> anyhow::Result<()> {
+        let mut pending = ops;
+        for attempt in 0..=SEED_SHED_RETRIES {
+            let results = self.client.batch(pending.clone()).await?;
+            if results.len() != pending.len() {
+                anyhow::bail!(
+                    "{what}: {} answers to {} operations while seeding",
+                    results.len(),
+                    pending.len()
+                );
+            }
+            let mut shed = Vec::new();
+            let mut wait_ms = 1u32;
+            for (op, r) in pending.into_iter().zip(results) {
+                match r {
+                    Ok(_) => {}
+                    Err(WireError::Overloaded { retry_after_ms })
+                        if attempt < SEED_SHED_RETRIES =>
+                    {
+                        wait_ms = wait_ms.max(retry_after_ms);
+                        shed.push(op);
+                    }
+                    Err(e) => anyhow::bail!("{what} failed while seeding: {e}"),
+                }
+            }
+            if shed.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(u64::from(wait_ms.min(1_000)))).await;
+            pending = shed;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

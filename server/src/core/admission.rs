@@ -20,6 +20,11 @@
 //! refuse the first burst wholesale. Over `ADMITTED_OPS_PER_CORE_MAX` held
 //! requests, everything from clients is refused, whatever the estimate says.
 //!
+//! A batch is weighed once, on the core that read it: admitted, all its
+//! requests for that core are queued (up to the hard bound); refused, all
+//! are answered `Overloaded`. Its requests forwarded to other cores are
+//! weighed there one by one.
+//!
 //! Work the node started itself (checkout steps, expiry ticks) is counted
 //! but never refused: it was admitted when its client's request was.
 //!
@@ -144,6 +149,20 @@ impl Admission {
             Decision::Shed {
                 retry_after_ms: retry_after(wait - budget),
             }
+        }
+    }
+}
+
+impl Admission {
+    /// Whether a request of a batch this core already admitted may be
+    /// queued: only the hard bound applies.
+    pub fn decide_admitted(&self) -> Decision {
+        if self.held >= ADMITTED_OPS_PER_CORE_MAX {
+            Decision::Shed {
+                retry_after_ms: RETRY_AFTER_MAX_MS,
+            }
+        } else {
+            Decision::Admit
         }
     }
 }
