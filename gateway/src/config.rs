@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use reserva_client::auth::AuthTable;
 
+use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX};
+
 /// A hook that returns more Prometheus text to append to `/metrics` (the
 /// embedding server's own metrics).
 pub type MetricsHook = Arc<dyn Fn() -> String + Send + Sync>;
@@ -74,7 +76,7 @@ impl std::str::FromStr for RateLimits {
 }
 
 /// Everything a gateway needs besides its connection to the shards.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// API keys; `None`: every request has full access (serve loopback only).
     pub auth: Option<Arc<AuthTable>>,
@@ -82,6 +84,24 @@ pub struct GatewayConfig {
     pub rate_limits: RateLimits,
     /// Extra Prometheus text appended to `/metrics`.
     pub metrics_hook: Option<MetricsHook>,
+    /// Requests in flight before new ones are shed with 503 `overloaded`
+    /// (default [`REQUESTS_IN_FLIGHT_MAX`]; at least 1).
+    pub requests_in_flight_max: usize,
+    /// Open connections before new ones are refused with 503 `overloaded`
+    /// (default [`CONNECTIONS_MAX`]; at least 1).
+    pub connections_max: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            auth: None,
+            rate_limits: RateLimits::default(),
+            metrics_hook: None,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
+            connections_max: CONNECTIONS_MAX,
+        }
+    }
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -90,6 +110,8 @@ impl fmt::Debug for GatewayConfig {
             .field("auth_keys", &self.auth.as_ref().map(|a| a.len()))
             .field("rate_limits", &self.rate_limits)
             .field("metrics_hook", &self.metrics_hook.is_some())
+            .field("requests_in_flight_max", &self.requests_in_flight_max)
+            .field("connections_max", &self.connections_max)
             .finish()
     }
 }

@@ -7,8 +7,10 @@
 //! RFC 9457 problem documents with stable codes ([`problem`]); callers are
 //! identified by API keys from the node's auth file ([`caller`]) and limited
 //! by token buckets ([`rate`]); live updates are server-sent events fed by
-//! the shards' user-event rings. The OpenAPI 3.1 document is generated from
-//! the handlers ([`openapi`]). `docs/rest-api.md` describes the API.
+//! the shards' user-event rings. Past its bounds on requests in flight and
+//! open connections it sheds load with fast 503 answers ([`shed`]). The
+//! OpenAPI 3.1 document is generated from the handlers ([`openapi`]).
+//! `docs/rest-api.md` describes the API.
 
 pub mod caller;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod problem;
 pub mod rate;
 mod routes;
 pub mod scatter;
+pub mod shed;
 pub mod time;
 
 use std::net::SocketAddr;
@@ -42,6 +45,7 @@ use crate::limits::{BODY_BYTES_MAX, SSE_STREAMS_MAX};
 use crate::metrics::Metrics;
 use crate::problem::{ApiError, Code};
 use crate::rate::{Decision, RateLimiter};
+use crate::shed::{BoundedListener, PeerAddr};
 
 /// The shared state of one gateway: the shard client and everything
 /// bounded that requests share.
@@ -54,8 +58,10 @@ struct Shared {
     client: Client,
     config: GatewayConfig,
     rate: RateLimiter,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     sse: Arc<Semaphore>,
+    /// Requests in flight (`GatewayConfig::requests_in_flight_max`).
+    in_flight: Arc<Semaphore>,
 }
 
 impl App {
@@ -64,9 +70,10 @@ impl App {
         App {
             inner: Arc::new(Shared {
                 client,
+                in_flight: shed::permits(config.requests_in_flight_max),
                 config,
                 rate: RateLimiter::default(),
-                metrics: Metrics::default(),
+                metrics: Arc::default(),
                 sse: Arc::new(Semaphore::new(SSE_STREAMS_MAX)),
             }),
         }
@@ -108,9 +115,9 @@ impl App {
     }
 }
 
-/// The gateway's routes, with authentication, rate limits, the body limit
-/// and metrics. Serve it with [`serve`] (the client address is needed for
-/// per-IP limits).
+/// The gateway's routes, with the in-flight bound, authentication, rate
+/// limits, the body limit and metrics. [`serve`] serves it (the client
+/// address, [`PeerAddr`], is needed for per-IP limits).
 pub fn router(app: App) -> Router {
     routes::routes()
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), front))
@@ -120,11 +127,18 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// Serves `router` on `listener` until the future is dropped or fails.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+/// Serves `app`'s [`router`] on `listener`, at most
+/// `GatewayConfig::connections_max` connections at once (see
+/// [`BoundedListener`]), until the future is dropped or fails.
+pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
+    let listener = BoundedListener::new(
+        listener,
+        app.config().connections_max,
+        app.inner.metrics.clone(),
+    );
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router(app).into_make_service_with_connect_info::<PeerAddr>(),
     )
     .await
 }
@@ -141,8 +155,9 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Identifies the caller, applies its rate limit, runs the handler, adds
-/// the `RateLimit-*` headers and counts the request.
+/// Sheds the request if too many are in flight, identifies the caller,
+/// applies its rate limit, runs the handler, adds the `RateLimit-*` headers
+/// and counts the request.
 async fn front(State(app): State<App>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -150,10 +165,36 @@ async fn front(State(app): State<App>, mut req: Request, next: Next) -> Response
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = req.method().as_str().to_owned();
+    // `/metrics` never reaches the shards and is how an operator watches
+    // the overload, so it is not shed. The permit is held until the head
+    // of the answer is ready.
+    let _in_flight = if route == "/metrics" {
+        None
+    } else {
+        match shed::admit(&app.inner.in_flight, &app.inner.metrics) {
+            Ok(admitted) => Some(admitted),
+            Err(e) => {
+                let resp = e.into_response();
+                app.inner.metrics.record(
+                    &route,
+                    &method,
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                );
+                return resp;
+            }
+        }
+    };
     let peer = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0)
+        .or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        })
+        .map(|a| a.ip().to_string())
         .unwrap_or_default();
     let mut decision = None;
     let resp = match app.identify(req.headers()) {

@@ -29,7 +29,29 @@ pub const SSE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Rate-limit buckets kept (keys plus client IPs); past it, idle full
 /// buckets are dropped, and if none is idle new clients share one overflow bucket.
 pub const RATE_BUCKETS_MAX: usize = 100_000;
-/// `Retry-After` seconds sent with 503 when the shards are overloaded or unreachable.
+/// Requests the gateway works on at once (from routing to the head of the
+/// answer; an event stream counts only until its head is sent, and `GET
+/// /metrics` is not counted). Past it a request is answered 503
+/// `overloaded` with `Retry-After: 1` at once, without queueing: waiting
+/// here would only add latency in front of shards that are already busy.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
+/// Open HTTP connections per gateway. Past it a new connection is accepted,
+/// answered a complete 503 `overloaded` (`Retry-After: 1`, `Connection:
+/// close`) and closed, so clients see an answer rather than a connect
+/// timeout, and the gateway keeps its file descriptors and memory bounded.
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// Refused connections being answered at once (each lingers until its client
+/// reads the 503 and closes, at most [`CONNECTION_REFUSAL_LINGER`]); past
+/// it a refused connection gets one non-blocking write of the 503 and is
+/// closed at once.
+pub const CONNECTION_REFUSALS_MAX: usize = 256;
+/// How long a refused connection is kept open for its client to read the 503.
+pub const CONNECTION_REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Bytes read and dropped from a refused connection before it is closed
+/// (closing with unread input would reset it and could lose the 503).
+pub const CONNECTION_REFUSAL_DRAIN_BYTES_MAX: usize = 64 * 1024;
+/// `Retry-After` seconds sent with 503 when the gateway or the shards are
+/// overloaded or unreachable (the node's own hint wins when longer).
 pub const OVERLOADED_RETRY_AFTER_S: u64 = 1;
 /// `Retry-After` seconds sent with 503 `payment_unavailable` (the card
 /// provider kept failing).

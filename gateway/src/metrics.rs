@@ -31,6 +31,14 @@ pub struct Metrics {
     pub scatter_partial: AtomicU64,
     /// Shard legs that missed the deadline or failed.
     pub scatter_shards_missing: AtomicU64,
+    /// Requests being worked on (under `requests_in_flight_max`).
+    pub requests_in_flight: AtomicI64,
+    /// Requests shed with 503 because `requests_in_flight_max` were in flight.
+    pub shed_requests: AtomicU64,
+    /// Open HTTP connections (under `connections_max`).
+    pub connections: AtomicI64,
+    /// Connections refused with 503 because `connections_max` were open.
+    pub shed_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -98,7 +106,31 @@ impl Metrics {
             out,
             "reserva_gateway_request_duration_seconds_count {count}"
         );
-        let simple: [(&str, &str, &str, i64); 5] = [
+        out.push_str("# HELP reserva_gateway_shed_total Requests and connections the gateway answered 503 overloaded at once because it was at its bound, by reason (requests: requests in flight, connections: open connections).\n");
+        out.push_str("# TYPE reserva_gateway_shed_total counter\n");
+        for (reason, n) in [
+            ("requests", &self.shed_requests),
+            ("connections", &self.shed_connections),
+        ] {
+            let _ = writeln!(
+                out,
+                "reserva_gateway_shed_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let simple: [(&str, &str, &str, i64); 7] = [
+            (
+                "reserva_gateway_requests_in_flight",
+                "gauge",
+                "Requests being worked on (shed with 503 past the bound).",
+                self.requests_in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "reserva_gateway_connections",
+                "gauge",
+                "Open HTTP connections (refused with 503 past the bound).",
+                self.connections.load(Ordering::Relaxed),
+            ),
             (
                 "reserva_gateway_rate_limited_total",
                 "counter",

@@ -35,7 +35,7 @@ pub enum Code {
     Forbidden,
     /// Too many requests for the caller's tier.
     RateLimited,
-    /// The shards are overloaded or unreachable; retry later.
+    /// The gateway or the shards are overloaded or unreachable; retry later.
     Overloaded,
     /// The resource's state does not allow this (illegal status transition,
     /// stock below what is reserved, expired reservation, a full cart).
@@ -213,9 +213,22 @@ impl From<WireError> for ApiError {
             WireError::NotFound { what, id } => {
                 ApiError::not_found(format!("{what} {id} not found"))
             }
+            // The node expects the request to wait longer than it admits
+            // work for: nothing was applied. `Retry-After` is its hint in
+            // whole seconds, rounded up (at least 1).
             WireError::Overloaded { retry_after_ms } => ApiError::overloaded(
-                "the shard's queue is full",
+                format!("the node is overloaded; retry after {retry_after_ms} ms"),
                 u64::from(retry_after_ms).div_ceil(1000),
+            ),
+            // The request's deadline passed before the node applied it:
+            // the node is too busy to answer in time. Nothing was applied,
+            // so it is overload to back off from, like `Overloaded`.
+            WireError::DeadlineExceeded { timeout_ms } => ApiError::overloaded(
+                format!(
+                    "the node could not apply the request within its deadline of \
+                     {timeout_ms} ms; nothing was applied: retry later"
+                ),
+                OVERLOADED_RETRY_AFTER_S,
             ),
             WireError::InvalidRequest { reason } => ApiError::invalid(reason),
             WireError::Unauthorized { reason } => ApiError::forbidden(reason),
@@ -365,5 +378,46 @@ mod tests {
         // Other problems carry no decline code at all.
         let body = serde_json::to_string(&ApiError::invalid("x").problem()).unwrap();
         assert!(!body.contains("decline_code"), "{body}");
+    }
+
+    fn header(e: &ApiError) -> Option<String> {
+        let resp = e.clone().into_response();
+        resp.headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn node_overload_is_503_overloaded_with_its_retry_hint() {
+        for (ms, secs) in [(0, "1"), (1, "1"), (1_000, "1"), (1_001, "2"), (2_500, "3")] {
+            let e = ApiError::from(WireError::Overloaded { retry_after_ms: ms });
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{ms} ms");
+            assert_eq!(e.problem().code, "overloaded", "{ms} ms");
+            assert_eq!(header(&e).as_deref(), Some(secs), "{ms} ms");
+            assert!(e.detail.contains(&format!("{ms} ms")), "{}", e.detail);
+            assert!(!e.detail.contains("queue"), "{}", e.detail);
+        }
+        // Through the client's error type too, as the handlers see it.
+        let e = ApiError::from(ClientError::Server(WireError::Overloaded {
+            retry_after_ms: 1_500,
+        }));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&e).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_passed_deadline_is_503_overloaded_with_retry_after() {
+        let e = ApiError::from(WireError::DeadlineExceeded { timeout_ms: 4_200 });
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let p = e.problem();
+        assert_eq!(p.code, "overloaded");
+        assert_eq!(p.type_, "urn:reserva:problem:overloaded");
+        assert!(p.detail.contains("4200 ms"), "{}", p.detail);
+        assert!(p.detail.contains("nothing was applied"), "{}", p.detail);
+        assert_eq!(
+            header(&e).as_deref(),
+            Some(OVERLOADED_RETRY_AFTER_S.to_string().as_str())
+        );
     }
 }

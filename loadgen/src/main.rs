@@ -539,6 +539,7 @@ fn build_report(
         errors,
         shed,
         latency_us: Latency::of(&hist),
+        admitted_latency_us: Latency::of(&rec.admitted()),
         loadgen_cpu_pct: own,
         loadgen_threads: threads,
         target_cpu_pct: out.target_cpu_pct,

@@ -50,6 +50,8 @@ impl Counts {
 
 struct Rec {
     total: Histogram<u64>,
+    /// Latency of the successful units only.
+    total_ok: Histogram<u64>,
     second: Histogram<u64>,
     all: Counts,
     sec: Counts,
@@ -113,6 +115,7 @@ impl Recorder {
         Recorder {
             inner: Mutex::new(Rec {
                 total: new_histogram(),
+                total_ok: new_histogram(),
                 second: new_histogram(),
                 all: Counts::default(),
                 sec: Counts::default(),
@@ -141,6 +144,7 @@ impl Recorder {
             let _ = rec.second.record(v);
             if d.result.is_ok() {
                 let _ = rec.bucket_ok.record(v);
+                let _ = rec.total_ok.record(v);
             }
             rec.all.add(&d.result);
             rec.sec.add(&d.result);
@@ -212,6 +216,11 @@ impl Recorder {
             rec.all.shed,
             rec.all.errors.clone(),
         )
+    }
+
+    /// The latency histogram of the successful units so far.
+    pub fn admitted(&self) -> Histogram<u64> {
+        self.lock().total_ok.clone()
     }
 }
 
@@ -566,6 +575,9 @@ pub struct Report {
     pub shed: u64,
     /// Latency of all answered units (µs).
     pub latency_us: Latency,
+    /// Latency of the successful (admitted) units only (µs): what a caller
+    /// whose request was served waited, with fast refusals left out.
+    pub admitted_latency_us: Latency,
     /// The load generator's mean CPU (percent of one core).
     pub loadgen_cpu_pct: f64,
     /// Worker threads the load generator ran.
@@ -686,6 +698,17 @@ pub fn final_table(r: &Report) -> String {
             .map(|c| format!("{c:.0}%"))
             .unwrap_or_else(|| "-".into()),
     ));
+    if r.shed > 0 {
+        let a = &r.admitted_latency_us;
+        out.push_str(&format!(
+            "\nadmitted (successful) units only: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+            fmt_us(a.p50),
+            fmt_us(a.p90),
+            fmt_us(a.p99),
+            fmt_us(a.p999),
+            fmt_us(a.max)
+        ));
+    }
     if let Some(s) = &r.spike {
         out.push_str(&spike_table(
             s,

@@ -81,6 +81,7 @@ fn config(auth: Option<AuthTable>, opts: &HttpOptions, embedded: bool) -> Gatewa
         auth: auth.map(Arc::new),
         rate_limits: opts.rate_limits,
         metrics_hook,
+        ..GatewayConfig::default()
     }
 }
 
@@ -132,8 +133,8 @@ pub fn embedded(
                         }
                     };
                     let _ = tx.send(Ok(()));
-                    let router = reserva_gateway::router(App::new(client, cfg));
-                    if let Err(e) = reserva_gateway::serve(listener, router).await {
+                    let app = App::new(client, cfg);
+                    if let Err(e) = reserva_gateway::serve(listener, app).await {
                         tracing::error!(error = %e, "HTTP gateway stopped");
                     }
                 });
@@ -176,8 +177,7 @@ pub fn standalone(
         };
         let listener = tokio::net::TcpListener::from_std(listener)?;
         println!("reserva-gateway ready http={bound} server={server}");
-        let router = reserva_gateway::router(App::new(client, cfg));
-        let serve = reserva_gateway::serve(listener, router);
+        let serve = reserva_gateway::serve(listener, App::new(client, cfg));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = serve => r?,

@@ -50,7 +50,7 @@ fn address(a: AddressJson) -> ApiResult<Address> {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 402, description = "payment_declined (decline_code says why)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "payment_unavailable (the card provider kept failing; nothing charged, no stock held) or overloaded", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "payment_unavailable (the card provider kept failing; nothing charged, no stock held), or overloaded (the gateway or the node is shedding load, or the deadline passed before the node applied the request; Retry-After says when to retry)", body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "insufficient_stock, idempotency_conflict", body = Problem, content_type = "application/problem+json")),

@@ -120,7 +120,7 @@ impl StreamState {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json")),
+        (status = 503, description = "overloaded: too many open event streams, or the gateway or the node is shedding load (Retry-After says when to retry)", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub(crate) async fn user_events(
     State(app): State<App>,
