@@ -18,11 +18,14 @@ pub const CONNECTIONS_PER_CORE_MAX: usize = 4_096;
 pub const RETRY_AFTER_MS: u32 = 5;
 /// Default admission budget (`--admission-budget-ms`): a client's request
 /// that a core expects to hold longer than this is refused at once as
-/// `Overloaded`. 20 ms is a small share of a storefront page's budget of
-/// 100-250 ms, several times a round under `--fsync always` (0.2-2 ms on a
-/// good disk), and short enough that a refused caller still has time to
-/// retry elsewhere or later (see `core/admission.rs` and docs/operations.md).
-pub const ADMISSION_BUDGET_DEFAULT: Duration = Duration::from_millis(20);
+/// `Overloaded`. A storefront call often makes two requests in series
+/// (reserve, then confirm), each of which may wait up to the budget plus a
+/// round, and its own p99 objective is tens of ms: 10 ms keeps a served
+/// pair under 50 ms at twice the node's capacity (docs/BENCHMARKS.md),
+/// while a smaller budget sheds work a loaded node could still serve and
+/// makes its rounds, and so its barriers, less full (docs/operations.md,
+/// "Overload").
+pub const ADMISSION_BUDGET_DEFAULT: Duration = Duration::from_millis(10);
 /// Largest `--admission-budget-ms`.
 pub const ADMISSION_BUDGET_MAX: Duration = Duration::from_secs(60);
 /// Requests one core holds (queued on its shards, or applied and waiting
