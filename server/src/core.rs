@@ -455,14 +455,9 @@ impl Core {
     pub(crate) fn recount_held(&self) {
         let queued: usize = self.slots.borrow().values().map(|s| s.queue.len()).sum();
         let applied = self.commit.borrow().unanswered();
-        self.admission.borrow_mut().recount(queued + applied);
-    }
-
-    /// The time a client request queued now is expected to spend in this
-    /// core, and the answer rate behind that estimate (for metrics).
-    pub fn expected_wait(&self) -> (Duration, Option<f64>) {
-        let a = self.admission.borrow();
-        (a.expected_wait(), a.rate())
+        let mut a = self.admission.borrow_mut();
+        a.recount(queued + applied);
+        metrics::global().publish_admission(self.id, a.held(), a.rate(), a.expected_wait());
     }
 
     /// Stops accepting work. The committer answers what is queued and then

@@ -227,6 +227,10 @@ struct CoreMetrics {
     apply_us: Histogram<16>,
     commit_us: Histogram<16>,
     journal: JournalCounters,
+    /// Admission: requests held, answer rate (per s), expected wait (µs).
+    held: AtomicU64,
+    rate: AtomicU64,
+    wait_us: AtomicU64,
 }
 
 /// One core's commit journal counters.
@@ -320,6 +324,9 @@ pub fn global() -> &'static Metrics {
                 apply_us: Histogram::new(),
                 commit_us: Histogram::new(),
                 journal: JournalCounters::default(),
+                held: AtomicU64::new(0),
+                rate: AtomicU64::new(0),
+                wait_us: AtomicU64::new(0),
             })
             .collect(),
     })
@@ -467,6 +474,16 @@ impl Metrics {
     pub fn journal_full(&self, core: u16) {
         if let Some(c) = self.per_core.get(usize::from(core)) {
             c.journal.full.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A core's admission state: requests held, the answer rate it measured
+    /// (0 before the first window) and the wait it expects for a new request.
+    pub fn publish_admission(&self, core: u16, held: usize, rate: Option<f64>, wait: Duration) {
+        if let Some(c) = self.per_core.get(usize::from(core)) {
+            c.held.store(held as u64, Relaxed);
+            c.rate.store(rate.map_or(0, |r| r as u64), Relaxed);
+            c.wait_us.store(wait.as_micros() as u64, Relaxed);
         }
     }
 
@@ -801,6 +818,7 @@ pub fn render() -> String {
     shard_series(&mut out, m);
     core_histograms(&mut out, m, cores);
     journal_counters(&mut out, m, cores);
+    admission_gauges(&mut out, m, cores);
     out
 }
 
@@ -861,6 +879,33 @@ fn shard_series(out: &mut String, m: &Metrics) {
                 s.core,
                 get(s)
             );
+        }
+    }
+}
+
+fn admission_gauges(out: &mut String, m: &Metrics, cores: usize) {
+    type Field = fn(&CoreMetrics) -> f64;
+    let rows: [(&str, &str, Field); 3] = [
+        (
+            "reserva_core_admission_held",
+            "Client and node requests the core holds (queued, or applied and unanswered), as of its last tick.",
+            |c| c.held.load(Relaxed) as f64,
+        ),
+        (
+            "reserva_core_admission_rate",
+            "Requests per second the core answers when busy, as admission measures it (0 before its first window).",
+            |c| c.rate.load(Relaxed) as f64,
+        ),
+        (
+            "reserva_core_admission_wait_seconds",
+            "The wait admission expects for a new request on the core (held / rate), as of its last tick.",
+            |c| c.wait_us.load(Relaxed) as f64 / 1e6,
+        ),
+    ];
+    for (name, help, field) in rows {
+        header(out, name, "gauge", help);
+        for (core, c) in m.per_core.iter().take(cores).enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", field(c));
         }
     }
 }
