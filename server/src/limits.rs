@@ -40,6 +40,9 @@ pub const ADMITTED_OPS_PER_CORE_MAX: usize = 16_384;
 pub const ADMISSION_FLOOR_OPS: usize = 32;
 /// Each core measures its answer rate over windows of at least this long.
 pub const ADMISSION_RATE_WINDOW: Duration = Duration::from_millis(25);
+/// Admission's budget is at least twice the shortest round (journal write
+/// and barrier) a core saw over the last one to two of these windows.
+pub const ROUND_FLOOR_WINDOW: Duration = Duration::from_secs(1);
 /// Longest retry-after hint a core gives with `Overloaded`.
 pub const RETRY_AFTER_MAX_MS: u32 = 1_000;
 /// How often each core looks for expired reservations.

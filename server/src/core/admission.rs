@@ -14,6 +14,15 @@
 //! - a window with idle time only shows what was offered: it can raise the
 //!   estimate, never lower it.
 //!
+//! A request always waits for two rounds (the write and barrier in flight,
+//! then its own), whatever is admitted. The budget is therefore at least
+//! twice what a round costs however little it holds (the shortest round of
+//! the last second or two): on a disk whose barrier alone outlasts the
+//! budget, refusing more would only empty the rounds (the rate estimate
+//! would fall with them, and with it what is admitted, until only the
+//! floor was), never shorten a wait. Rounds made long by what they hold
+//! do not widen it.
+//!
 //! Until a first window has closed, and while the core holds fewer than
 //! `ADMISSION_FLOOR_OPS` requests, everything is admitted: a handful of
 //! requests never waits long, and an estimate from a quiet start cannot
@@ -34,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::limits::{
     ADMISSION_FLOOR_OPS, ADMISSION_RATE_WINDOW, ADMITTED_OPS_PER_CORE_MAX, RETRY_AFTER_MAX_MS,
+    ROUND_FLOOR_WINDOW,
 };
 
 /// What to do with a client's request.
@@ -59,6 +69,11 @@ pub struct Admission {
     window_answers: u64,
     /// The core ran empty during the current window.
     window_idle: bool,
+    /// The shortest round (journal write and barrier) of the previous
+    /// `ROUND_FLOOR_WINDOW`, and of the current one so far.
+    round_floor: Option<Duration>,
+    round_min: Option<Duration>,
+    round_window_start: Instant,
 }
 
 impl Admission {
@@ -70,6 +85,9 @@ impl Admission {
             window_start: now,
             window_answers: 0,
             window_idle: true,
+            round_floor: None,
+            round_min: None,
+            round_window_start: now,
         }
     }
 
@@ -98,6 +116,24 @@ impl Admission {
     /// corrects any drift, for example around shard moves).
     pub fn recount(&mut self, held: usize) {
         self.held = held;
+    }
+
+    /// A round's journal write and barrier took `d`, ending at `now`.
+    pub fn round_took(&mut self, d: Duration, now: Instant) {
+        self.round_min = Some(self.round_min.map_or(d, |m| m.min(d)));
+        if now.saturating_duration_since(self.round_window_start) >= ROUND_FLOOR_WINDOW {
+            self.round_floor = self.round_min.take();
+            self.round_window_start = now;
+        }
+    }
+
+    /// What a round costs however little it holds: the shortest round of
+    /// the last one to two `ROUND_FLOOR_WINDOW`s, if any was measured.
+    pub fn round(&self) -> Option<Duration> {
+        match (self.round_floor, self.round_min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// `n` requests were answered at `now`.
@@ -133,6 +169,11 @@ impl Admission {
     /// Whether a client's request may be queued now, given the admission
     /// budget and the time left before the request's own deadline.
     pub fn decide(&self, budget: Duration, deadline_left: Option<Duration>) -> Decision {
+        // Two rounds (the one in flight and the request's own) are what a
+        // request waits however little is admitted: a budget below them
+        // would refuse work without making anyone wait less.
+        let floor = self.round().map_or(Duration::ZERO, |r| r * 2);
+        let budget = budget.max(floor);
         let budget = deadline_left.map_or(budget, |left| left.min(budget));
         if self.held >= ADMITTED_OPS_PER_CORE_MAX {
             return Decision::Shed {
@@ -249,6 +290,49 @@ mod tests {
         a.queued();
         a.answered(1, t + 10 * ADMISSION_RATE_WINDOW);
         assert_eq!(a.rate(), Some(6_000.0));
+    }
+
+    #[test]
+    fn long_rounds_from_big_batches_do_not_widen_the_budget() {
+        let budget = Duration::from_millis(8);
+        let (mut a, _) = measured(20_000.0, 400);
+        let t = Instant::now();
+        // One short round in the window: the floor is 2 x 0.2 ms.
+        a.round_took(Duration::from_micros(200), t);
+        for i in 1..50 {
+            a.round_took(Duration::from_millis(15), t + Duration::from_millis(15 * i));
+        }
+        assert_eq!(a.round(), Some(Duration::from_micros(200)));
+        assert!(matches!(a.decide(budget, None), Decision::Shed { .. }));
+    }
+
+    #[test]
+    fn a_slow_disk_widens_the_budget_to_two_rounds() {
+        // 20 ms barriers: rounds of 400 answered every 20 ms, 800 held (one
+        // round in flight, one filling) is 40 ms of expected wait. Against
+        // an 8 ms budget it would be refused, and refusing could only shrink
+        // the rounds; two rounds (40 ms) admit it.
+        let budget = Duration::from_millis(8);
+        let (mut a, _) = measured(20_000.0, 800);
+        assert!(matches!(a.decide(budget, None), Decision::Shed { .. }));
+        let t = Instant::now();
+        for i in 0..20 {
+            a.round_took(Duration::from_millis(20), t + Duration::from_millis(20 * i));
+        }
+        assert_eq!(a.decide(budget, None), Decision::Admit);
+        // More than two rounds of work waiting is still refused.
+        for _ in 0..400 {
+            a.queued();
+        }
+        assert!(matches!(a.decide(budget, None), Decision::Shed { .. }));
+        // A caller's own deadline still holds.
+        let (a2, _) = measured(20_000.0, 800);
+        let mut a2 = a2;
+        a2.round_took(Duration::from_millis(20), Instant::now());
+        assert!(matches!(
+            a2.decide(budget, Some(Duration::from_millis(5))),
+            Decision::Shed { .. }
+        ));
     }
 
     proptest! {

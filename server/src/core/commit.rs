@@ -49,6 +49,8 @@ pub(super) struct Batch {
     frame: FrameBuilder,
     parts: Vec<ShardPart>,
     started: Option<Instant>,
+    /// When its journal write started (a batch with records only).
+    write_started: Option<Instant>,
 }
 
 impl Batch {
@@ -278,13 +280,14 @@ impl Core {
         }
         let buffer = commit.spare.pop().unwrap_or_default();
         let frame = FrameBuilder::with_buffer(buffer);
-        let batch = std::mem::replace(
+        let mut batch = std::mem::replace(
             &mut commit.pending,
             Batch {
                 frame,
                 ..Batch::default()
             },
         );
+        batch.write_started = Some(Instant::now());
         if always {
             commit.in_flight = Some(batch);
             drop((journal, commit));
@@ -385,11 +388,20 @@ impl Core {
     /// its answers leave; on failure every success becomes `Unavailable`.
     fn complete(&self, batch: Batch, result: Result<(), String>) {
         let answered = batch.answers();
-        let Batch { parts, started, .. } = batch;
+        let Batch {
+            parts,
+            started,
+            write_started,
+            ..
+        } = batch;
         let started = started.unwrap_or_else(Instant::now);
-        self.admission
-            .borrow_mut()
-            .answered(answered, Instant::now());
+        let now = Instant::now();
+        let mut admission = self.admission.borrow_mut();
+        if let Some(w) = write_started {
+            admission.round_took(now.saturating_duration_since(w), now);
+        }
+        admission.answered(answered, now);
+        drop(admission);
         let never = self.config.fsync == FsyncMode::Never;
         let mut out = Vec::with_capacity(parts.len());
         {
