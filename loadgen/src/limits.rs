@@ -46,6 +46,10 @@ pub const SECONDS_MAX: usize = 24 * 60 * 60;
 /// p99 of successes) that the spike phases, the recovery time and the plot
 /// are computed from.
 pub const BUCKET_MS: u64 = 100;
+/// Buckets in the window whose p99 of successes decides recovery after a
+/// spike (1 s): a single slow answer among a bucket's few does not count as
+/// being over the SLO, a second of them does.
+pub const RECOVERY_WINDOW_BUCKETS: usize = 10;
 /// Buckets kept at most (a run also keeps no more than its duration needs).
 pub const BUCKETS_MAX: usize = SECONDS_MAX * (1_000 / BUCKET_MS as usize);
 

@@ -183,6 +183,8 @@ fn downsample(buckets: &[Bucket], max_points: usize) -> (Vec<Point>, u64) {
                 errors: acc.errors + b.errors,
                 not_sent: acc.not_sent + b.not_sent,
                 ok_p99_us: acc.ok_p99_us.max(b.ok_p99_us),
+                window_ok: b.window_ok,
+                ok_p99_window_us: acc.ok_p99_window_us.max(b.ok_p99_window_us),
             }),
             width_ms: BUCKET_MS * c.len() as u64,
         })
@@ -398,6 +400,8 @@ mod tests {
             errors: 0,
             not_sent: 0,
             ok_p99_us: p99,
+            window_ok: ok,
+            ok_p99_window_us: p99,
         }
     }
 

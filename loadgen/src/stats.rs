@@ -9,7 +9,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::limits::{BUCKET_MS, LATENCY_US_MAX};
+use crate::limits::{BUCKET_MS, LATENCY_US_MAX, RECOVERY_WINDOW_BUCKETS};
 use crate::target::OpError;
 
 /// A histogram of latencies in microseconds, 1 µs .. `LATENCY_US_MAX`, 3 digits.
@@ -57,6 +57,8 @@ struct Rec {
     sec: Counts,
     /// Latencies of the successes of the current bucket.
     bucket_ok: Histogram<u64>,
+    /// Those of the last `RECOVERY_WINDOW_BUCKETS - 1` closed buckets.
+    recent_ok: std::collections::VecDeque<Histogram<u64>>,
     bucket: Counts,
     /// `scheduled` and `backlog_dropped` when the last bucket closed.
     scheduled_before: u64,
@@ -120,6 +122,7 @@ impl Recorder {
                 all: Counts::default(),
                 sec: Counts::default(),
                 bucket_ok: new_histogram(),
+                recent_ok: std::collections::VecDeque::new(),
                 bucket: Counts::default(),
                 scheduled_before: 0,
                 dropped_before: 0,
@@ -190,6 +193,15 @@ impl Recorder {
         let not_sent = dropped.saturating_sub(rec.dropped_before);
         rec.scheduled_before = scheduled;
         rec.dropped_before = dropped;
+        let mut window = hist.clone();
+        for h in &rec.recent_ok {
+            // Same bounds: cannot fail.
+            let _ = window.add(h);
+        }
+        if rec.recent_ok.len() + 1 >= RECOVERY_WINDOW_BUCKETS {
+            rec.recent_ok.pop_front();
+        }
+        rec.recent_ok.push_back(hist.clone());
         drop(rec);
         let b = Bucket {
             end_ms,
@@ -202,6 +214,12 @@ impl Recorder {
                 0
             } else {
                 hist.value_at_quantile(0.99)
+            },
+            window_ok: window.len(),
+            ok_p99_window_us: if window.is_empty() {
+                0
+            } else {
+                window.value_at_quantile(0.99)
             },
         };
         (b, hist)
@@ -274,6 +292,11 @@ pub struct Bucket {
     pub not_sent: u64,
     /// 99th percentile of the successes' latency (µs); 0 without successes.
     pub ok_p99_us: u64,
+    /// Successes of the last `RECOVERY_WINDOW_BUCKETS` buckets, this one
+    /// included.
+    pub window_ok: u64,
+    /// 99th percentile of their latency (µs); 0 without successes.
+    pub ok_p99_window_us: u64,
 }
 
 impl Bucket {
@@ -422,22 +445,37 @@ pub fn split_phases(
 }
 
 /// Milliseconds from `peak_end_s` until the p99 of successes stayed at most
-/// `slo_us`: the start of the first bucket after the peak from which every
+/// `slo_us`: the start of the first stretch after the peak from which every
 /// bucket with traffic to the end of `buckets` met it, minus the peak's end
 /// (0 if it never stopped meeting it). A bucket meets it when it has
-/// successes, their p99 is within `slo_us`, and no unit was left unsent; a
-/// bucket with answers but no success misses it; a bucket with neither
-/// answers nor unsent units is neutral. `None` if the last bucket with
-/// traffic missed it, or no bucket after the peak had any.
+/// successes, the p99 of the successes of the last second
+/// (`RECOVERY_WINDOW_BUCKETS` buckets, itself included) is within
+/// `slo_us`, and no unit was left unsent; the stretch then starts at the
+/// first bucket of that second with traffic after the peak. A bucket with
+/// answers but no success misses it; a bucket with neither answers nor
+/// unsent units is neutral. `None` if the last bucket with traffic missed
+/// it, or no bucket after the peak had any.
 pub fn recovery_ms(buckets: &[Bucket], peak_end_s: f64, slo_us: u64) -> Option<u64> {
     let peak_end_ms = (peak_end_s * 1e3).max(0.0);
     let mut since: Option<u64> = None;
-    for b in buckets.iter().filter(|b| b.mid_ms() >= peak_end_ms) {
-        if b.answered() == 0 && b.not_sent == 0 {
+    // The end of the last bucket that missed on its own (no success, or
+    // units left unsent): a stretch never starts before it.
+    let mut own_miss_end = 0;
+    for (i, b) in buckets.iter().enumerate() {
+        if b.mid_ms() < peak_end_ms || (b.answered() == 0 && b.not_sent == 0) {
             continue;
         }
-        if b.ok > 0 && b.ok_p99_us <= slo_us && b.not_sent == 0 {
-            since.get_or_insert(b.start_ms());
+        if b.ok == 0 || b.not_sent > 0 {
+            own_miss_end = b.end_ms;
+            since = None;
+        } else if b.ok_p99_window_us <= slo_us {
+            // Within the SLO over the window this bucket ends: recovered
+            // since the window's first answered bucket after the peak.
+            let first = buckets[i.saturating_sub(RECOVERY_WINDOW_BUCKETS - 1)..=i]
+                .iter()
+                .find(|x| x.mid_ms() >= peak_end_ms && x.answered() > 0)
+                .map_or(b.start_ms(), Bucket::start_ms);
+            since.get_or_insert(first.max(own_miss_end));
         } else {
             since = None;
         }
@@ -754,7 +792,28 @@ mod tests {
             errors: 0,
             not_sent: 0,
             ok_p99_us,
+            window_ok: 0,
+            ok_p99_window_us: 0,
         }
+    }
+
+    /// Fills the window fields as the recorder would if every bucket's
+    /// successes were all as slow as its p99 (the window's p99 is then the
+    /// worst p99 in it).
+    fn windowed(mut v: Vec<Bucket>) -> Vec<Bucket> {
+        for i in 0..v.len() {
+            let w = &v[i.saturating_sub(RECOVERY_WINDOW_BUCKETS - 1)..=i];
+            let ok = w.iter().map(|b| b.ok).sum();
+            let p99 = w
+                .iter()
+                .filter(|b| b.ok > 0)
+                .map(|b| b.ok_p99_us)
+                .max()
+                .unwrap_or(0);
+            v[i].window_ok = ok;
+            v[i].ok_p99_window_us = p99;
+        }
+        v
     }
 
     /// A 10 s spike at 100/s (10 per bucket) and 1000/s at the peak, with
@@ -762,15 +821,17 @@ mod tests {
     /// of the peak. Five drain buckets follow; the first holds answers.
     fn run(p99: impl Fn(u64) -> u64) -> Vec<Bucket> {
         let w = windows();
-        (1..=105)
-            .map(|k| match phase_of(&w, k * BUCKET_MS) {
-                0 | 3 => bucket(k, 10, 10, 0, p99(k)),
-                1 => bucket(k, 55, 50, 5, p99(k)),
-                2 => bucket(k, 100, 66, 34, p99(k)),
-                _ if k == 101 => bucket(k, 0, 3, 0, p99(k)),
-                _ => bucket(k, 0, 0, 0, 0),
-            })
-            .collect()
+        windowed(
+            (1..=105)
+                .map(|k| match phase_of(&w, k * BUCKET_MS) {
+                    0 | 3 => bucket(k, 10, 10, 0, p99(k)),
+                    1 => bucket(k, 55, 50, 5, p99(k)),
+                    2 => bucket(k, 100, 66, 34, p99(k)),
+                    _ if k == 101 => bucket(k, 0, 3, 0, p99(k)),
+                    _ => bucket(k, 0, 0, 0, 0),
+                })
+                .collect(),
+        )
     }
 
     const MS: u64 = 1_000;
@@ -925,6 +986,7 @@ mod tests {
                 ..Bucket::default()
             };
         }
+        let b = windowed(b);
         assert_eq!(recovery_ms(&b, 6.0, slo), Some(1_000));
         // Silent buckets at the end keep a recovery that happened before them.
         let b = run(|_| 2 * MS);
@@ -981,6 +1043,33 @@ mod tests {
         assert!(text.contains("recovery: 1300 ms after the peak ended"));
         let none = spike_summary(100.0, 1_000.0, &w, &b, &admitted, 10.0, 7);
         assert!(spike_table(&none, 7).contains("7 units were never answered"));
+    }
+
+    #[test]
+    fn one_slow_answer_in_a_bucket_is_not_a_second_over_the_slo() {
+        let rec = Recorder::new();
+        let ok = |latency_us| Done {
+            latency_us,
+            result: Ok(()),
+        };
+        let mut buckets = Vec::new();
+        for k in 1..=12u64 {
+            // 20 answers of 2 ms per bucket; bucket 6 has one of 50 ms.
+            let mut done: Vec<Done> = (0..20).map(|_| ok(2_000)).collect();
+            if k == 6 {
+                done[0] = ok(50_000);
+            }
+            rec.in_flight.fetch_add(20, Ordering::Relaxed);
+            rec.record(&done);
+            buckets.push(rec.rollover_bucket(k * BUCKET_MS).0);
+        }
+        let b6 = &buckets[5];
+        assert!(b6.ok_p99_us >= 49_000, "{}", b6.ok_p99_us);
+        assert!(b6.ok_p99_window_us <= 2_010, "{}", b6.ok_p99_window_us);
+        assert_eq!(b6.window_ok, 120);
+        assert_eq!(buckets[11].window_ok, 200);
+        // With the peak ending at 0.3 s, the run never left the SLO.
+        assert_eq!(recovery_ms(&buckets, 0.3, 10_000), Some(0));
     }
 
     #[test]
