@@ -20,12 +20,13 @@ pub const RETRY_AFTER_MS: u32 = 5;
 /// that a core expects to hold longer than this is refused at once as
 /// `Overloaded`. A storefront call often makes two requests in series
 /// (reserve, then confirm), each of which may wait up to the budget plus a
-/// round, and its own p99 objective is tens of ms: 8 ms kept a served pair
-/// under 50 ms with twice the node's capacity offered, where 10 ms gave
-/// 56-62 ms and 20 ms 60-100 ms; a smaller budget sheds work a loaded node
-/// could still serve and makes its rounds, and so its barriers, less full
-/// (docs/BENCHMARKS.md, docs/operations.md "Overload").
-pub const ADMISSION_BUDGET_DEFAULT: Duration = Duration::from_millis(8);
+/// round, and its own p99 objective is tens of ms: 6 ms kept a served pair
+/// at a p99 of 40-42 ms with twice the node's capacity offered (7 ms:
+/// 45-47 ms, 8 ms: 47-51 ms, 20 ms: 60-100 ms), at the cost of shedding
+/// 2.4% at capacity itself (8 ms: 0.3%); a smaller budget sheds more of
+/// what a loaded node could still serve and makes its rounds, and so its
+/// barriers, less full (docs/BENCHMARKS.md, docs/operations.md "Overload").
+pub const ADMISSION_BUDGET_DEFAULT: Duration = Duration::from_millis(6);
 pub const ADMISSION_BUDGET_MAX: Duration = Duration::from_secs(60);
 /// Requests one core holds (queued on its shards, or applied and waiting
 /// for their barrier) past which every client request is refused,
