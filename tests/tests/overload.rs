@@ -364,23 +364,34 @@ async fn three_times_capacity_is_shed_fast_and_every_acknowledged_write_survives
         &other[..other.len().min(5)]
     );
     assert!(!shed.is_empty(), "nothing was shed at three times capacity");
-    // An admitted call waits at most the admission budget (default a few
-    // ms to tens of ms) in the core, then for its round's barrier, and for
-    // this process to send it and read its answer while busy with the rest
-    // of the load: tens of ms, and well under the bounds below on a noisy
-    // machine. A server that queued what it is offered here instead would
-    // answer in seconds (the backlog grows by twice the capacity each
-    // second, within the server and in front of it).
+    // An admitted call waits at most the admission budget (a few ms) in the
+    // core, then for its round's barrier, and for this process to send it
+    // and read its answer while busy with the rest of the load: tens of ms.
+    // A server that queued what it is offered here instead answers in
+    // seconds (the backlog grows by twice the capacity each second, within
+    // the server and in front of it; measured: p50 2.5 s, p99 4.3 s). The
+    // bounds sit between the two with room for this shared machine's
+    // stalls (a journal checkpoint or a descheduled core thread delays
+    // every answer, refusals included, by up to several hundred ms).
+    let p50 = quantile(&admitted, 0.5);
     assert!(
-        p99 < Duration::from_millis(250),
+        p50 < Duration::from_millis(100),
+        "admitted p50 {p50:?} at three times capacity"
+    );
+    assert!(
+        p99 < Duration::from_secs(1),
         "admitted p99 {p99:?} at three times capacity"
     );
     assert!(
-        max < Duration::from_secs(1),
+        max < Duration::from_secs(3),
         "an admitted call took {max:?} at three times capacity"
     );
+    // Shedding costs the core some of its time (reading, refusing), and the
+    // machine is shared, so goodput under three times the load is below
+    // capacity (54-81% measured); a collapse (refusing nearly everything,
+    // or drowning in refusals) would be far below this bound.
     assert!(
-        goodput >= 0.5 * capacity,
+        goodput >= 0.3 * capacity,
         "goodput collapsed: {goodput:.0} reserves/s served against a capacity of {capacity:.0}/s"
     );
 
