@@ -57,3 +57,5 @@ const _: () = assert!(UNITS_PER_BATCH_MAX as u64 <= IN_FLIGHT_UNITS_MAX);
 const _: () = assert!(LINES_PER_UNIT_MAX >= 1);
 const _: () = assert!(WAREHOUSES_MAX <= 64);
 const _: () = assert!(BUCKET_MS > 0 && 1_000 % BUCKET_MS == 0);
+/// CPU numbers `--cpus` accepts (below this, the kernel's `CPU_SETSIZE`).
+pub const CPUS_MAX: usize = 1024;

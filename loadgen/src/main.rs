@@ -65,6 +65,10 @@ struct TargetArgs {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Run only on these CPUs (comma-separated numbers, e.g. `1` or `2,3`):
+    /// keeps the generator off the cores the target runs on.
+    #[arg(long, value_parser = parse_cpus)]
+    cpus: Option<Cpus>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -184,13 +188,55 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `--cpus`: the CPUs the generator may run on.
+#[derive(Debug, Clone)]
+struct Cpus(Vec<usize>);
+
+/// `--cpus`: CPU numbers, comma-separated, each below `CPUS_MAX`.
+fn parse_cpus(s: &str) -> Result<Cpus, String> {
+    let cpus = s
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n < limits::CPUS_MAX)
+                .ok_or_else(|| {
+                    format!(
+                        "--cpus {s:?}: {c:?} is not a CPU number below {}",
+                        limits::CPUS_MAX
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if cpus.is_empty() {
+        return Err("--cpus needs at least one CPU".into());
+    }
+    Ok(Cpus(cpus))
+}
+
+/// Restricts this process (and every thread it starts later) to `cpus`.
+fn pin_to(cpus: &[usize]) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cpus {
+        set.set(c)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let threads = match &cli.command {
-        Command::Seed(a) => a.target.threads,
-        Command::Run(a) => a.target.threads,
+    let (threads, cpus) = match &cli.command {
+        Command::Seed(a) => (a.target.threads, a.target.cpus.clone()),
+        Command::Run(a) => (a.target.threads, a.target.cpus.clone()),
+    };
+    let threads = threads.clamp(1, 64);
+    if let Some(Cpus(cpus)) = &cpus
+        && let Err(e) = pin_to(cpus)
+    {
+        eprintln!("reserva-loadgen: cannot run on CPUs {cpus:?}: {e}");
+        return std::process::ExitCode::FAILURE;
     }
-    .clamp(1, 64);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -520,6 +566,19 @@ fn build_report(
     if let Some(t) = out.target_cpu_pct {
         notes.push(format!("target process CPU: {t:.0}% of one core"));
     }
+    // CPU time per answered unit: the share of a core used, times the run,
+    // over the units answered in it.
+    let per_unit = |pct: f64| pct / 100.0 * secs * 1e6 / answered.max(1) as f64;
+    let loadgen_cpu_us_per_unit = per_unit(own);
+    let target_cpu_us_per_unit = out.target_cpu_pct.map(per_unit);
+    if answered > 0 {
+        notes.push(format!(
+            "CPU per answered unit: load generator {loadgen_cpu_us_per_unit:.1} µs{}",
+            target_cpu_us_per_unit
+                .map(|t| format!(", target {t:.1} µs"))
+                .unwrap_or_default()
+        ));
+    }
     let spike = profile.and_then(|p| spike_summary(p, out, a.slo));
     Report {
         scenario: a.scenario.to_string(),
@@ -541,6 +600,8 @@ fn build_report(
         latency_us: Latency::of(&hist),
         admitted_latency_us: Latency::of(&rec.admitted()),
         loadgen_cpu_pct: own,
+        loadgen_cpu_us_per_unit,
+        target_cpu_us_per_unit,
         loadgen_threads: threads,
         target_cpu_pct: out.target_cpu_pct,
         machine_busy_pct: out.machine_busy_pct,

@@ -618,6 +618,10 @@ pub struct Report {
     pub admitted_latency_us: Latency,
     /// The load generator's mean CPU (percent of one core).
     pub loadgen_cpu_pct: f64,
+    /// The load generator's CPU time per answered unit (µs).
+    pub loadgen_cpu_us_per_unit: f64,
+    /// The target's CPU time per answered unit (µs), with `--target-pid`.
+    pub target_cpu_us_per_unit: Option<f64>,
     /// Worker threads the load generator ran.
     pub loadgen_threads: usize,
     /// The target process's mean CPU, if `--target-pid` was given (percent of one core).
