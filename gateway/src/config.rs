@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use reserva_client::auth::AuthTable;
 
-use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::limits::{CONNECTION_IDLE_TIMEOUT, CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX};
 
 /// A hook that returns more Prometheus text to append to `/metrics` (the
 /// embedding server's own metrics).
@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     /// Open connections before new ones are refused with 503 `overloaded`
     /// (default [`CONNECTIONS_MAX`]; at least 1).
     pub connections_max: usize,
+    /// A connection idle this long is closed (default
+    /// [`CONNECTION_IDLE_TIMEOUT`]).
+    pub connection_idle_timeout: std::time::Duration,
 }
 
 impl Default for GatewayConfig {
@@ -100,6 +103,7 @@ impl Default for GatewayConfig {
             metrics_hook: None,
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
             connections_max: CONNECTIONS_MAX,
+            connection_idle_timeout: CONNECTION_IDLE_TIMEOUT,
         }
     }
 }
@@ -112,6 +116,7 @@ impl fmt::Debug for GatewayConfig {
             .field("metrics_hook", &self.metrics_hook.is_some())
             .field("requests_in_flight_max", &self.requests_in_flight_max)
             .field("connections_max", &self.connections_max)
+            .field("connection_idle_timeout", &self.connection_idle_timeout)
             .finish()
     }
 }

@@ -134,6 +134,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Resu
     let listener = BoundedListener::new(
         listener,
         app.config().connections_max,
+        app.config().connection_idle_timeout,
         app.inner.metrics.clone(),
     );
     axum::serve(

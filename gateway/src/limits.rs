@@ -40,6 +40,11 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
 /// close`) and closed, so clients see an answer rather than a connect
 /// timeout, and the gateway keeps its file descriptors and memory bounded.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// An HTTP connection with nothing read or written for this long is
+/// closed, freeing its place under `CONNECTIONS_MAX` (so idle keep-alive
+/// connections cannot hold every place). Longer than any request takes
+/// and than the event streams' 15 s keep-alive comments.
+pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Refused connections being answered at once (each lingers until its client
 /// reads the 503 and closes, at most [`CONNECTION_REFUSAL_LINGER`]); past
 /// it a refused connection gets one non-blocking write of the 503 and is

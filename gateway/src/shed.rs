@@ -99,6 +99,7 @@ impl Connected<IncomingStream<'_, BoundedListener>> for PeerAddr {
 #[derive(Debug)]
 pub struct BoundedListener {
     inner: TcpListener,
+    idle_timeout: Duration,
     permits: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -106,10 +107,17 @@ pub struct BoundedListener {
 
 impl BoundedListener {
     /// Bounds `inner` to `connections_max` open connections (at least 1),
+    /// each closed after `idle_timeout` without a byte read or written,
     /// counting them and the refused ones in `metrics`.
-    pub fn new(inner: TcpListener, connections_max: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        inner: TcpListener,
+        connections_max: usize,
+        idle_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         BoundedListener {
             inner,
+            idle_timeout,
             permits: permits(connections_max),
             refusals: permits(CONNECTION_REFUSALS_MAX),
             metrics,
@@ -157,6 +165,8 @@ impl Listener for BoundedListener {
                     self.metrics.connections.fetch_add(1, Ordering::Relaxed);
                     let stream = BoundedStream {
                         stream,
+                        idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+                        idle_for: self.idle_timeout,
                         _permit: permit,
                         metrics: self.metrics.clone(),
                     };
@@ -234,6 +244,9 @@ pub(crate) fn refusal() -> &'static [u8] {
 #[derive(Debug)]
 pub struct BoundedStream {
     stream: TcpStream,
+    /// Fires `idle_for` after the last byte read or written.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_for: Duration,
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
 }
@@ -243,11 +256,52 @@ impl BoundedStream {
     pub fn get_ref(&self) -> &TcpStream {
         &self.stream
     }
+
+    /// Bytes moved: the idle clock starts again.
+    fn touch(&mut self) {
+        let at = tokio::time::Instant::now() + self.idle_for;
+        self.idle.as_mut().reset(at);
+    }
+
+    /// While the socket has nothing to give or take: an error once the
+    /// connection has been idle too long (the server then closes it).
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.idle.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "HTTP connection idle past CONNECTION_IDLE_TIMEOUT",
+            )
+        })
+    }
 }
 
 impl Drop for BoundedStream {
     fn drop(&mut self) {
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl BoundedStream {
+    /// A write moved bytes (the idle clock starts again), or is waiting on
+    /// a client that does not read (an error once that lasts too long).
+    fn after_write(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.touch();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => match self.idle_expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
@@ -257,7 +311,21 @@ impl AsyncRead for BoundedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.touch();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.idle_expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
@@ -267,7 +335,9 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(r, cx)
     }
 
     fn poll_write_vectored(
@@ -275,7 +345,9 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -403,7 +475,12 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let listener = BoundedListener::new(tcp, 1, metrics.clone());
+        let listener = BoundedListener::new(
+            tcp,
+            1,
+            crate::limits::CONNECTION_IDLE_TIMEOUT,
+            metrics.clone(),
+        );
         let router = Router::new().route(
             "/",
             get(|ConnectInfo(peer): ConnectInfo<PeerAddr>| async move { peer.0.ip().to_string() }),
@@ -460,6 +537,51 @@ mod tests {
         .await;
         let mut third = TcpStream::connect(addr).await.expect("connect");
         assert_eq!(request(&mut third, "/").await.status, 200);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_frees_its_place() {
+        let metrics = Arc::new(Metrics::default());
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let idle = Duration::from_millis(300);
+        let listener = BoundedListener::new(tcp, 1, idle, metrics.clone());
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<PeerAddr>(),
+            )
+            .await
+        });
+
+        // A connection used more often than the timeout stays open.
+        let mut busy = TcpStream::connect(addr).await.expect("connect");
+        let mut last = Instant::now();
+        for _ in 0..6 {
+            assert_eq!(request(&mut busy, "/").await.status, 200);
+            last = Instant::now();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Left idle, it is closed, and its place is free again.
+        let mut rest = [0u8; 16];
+        let n = tokio::time::timeout(WAIT, busy.read(&mut rest))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the idle connection is closed");
+        assert!(
+            last.elapsed() >= Duration::from_millis(250),
+            "closed {:?} after its last answer",
+            last.elapsed()
+        );
+        wait_for("the connection to be counted out", || {
+            metrics.connections.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        let mut next = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(request(&mut next, "/").await.status, 200);
         server.abort();
     }
 
