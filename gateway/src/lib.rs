@@ -26,7 +26,6 @@ pub mod scatter;
 pub mod shed;
 pub mod time;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -189,13 +188,7 @@ async fn front(State(app): State<App>, mut req: Request, next: Next) -> Response
     let peer = req
         .extensions()
         .get::<ConnectInfo<PeerAddr>>()
-        .map(|c| c.0.0)
-        .or_else(|| {
-            req.extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0)
-        })
-        .map(|a| a.ip().to_string())
+        .map(|c| c.0.0.ip().to_string())
         .unwrap_or_default();
     let mut decision = None;
     let resp = match app.identify(req.headers()) {

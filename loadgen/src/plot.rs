@@ -87,12 +87,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_err)?;
+    draw_legend(&mut chart)?;
 
     let l_max = s
         .iter()
@@ -130,12 +125,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_err)?;
+    draw_legend(&mut chart)?;
     if let Some(area) = areas.get(2) {
         draw_offered(area, report, &fine, width_ms)?;
     }
@@ -273,12 +263,7 @@ fn draw_offered(
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_err)?;
+    draw_legend(&mut chart)?;
     Ok(())
 }
 
@@ -374,13 +359,20 @@ fn draw_admitted_p99(
             .label("recovered")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     }
+    draw_legend(&mut chart)?;
+    Ok(())
+}
+
+/// Draws the legend of `chart`'s labelled series.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(plot_err)?;
-    Ok(())
+        .map_err(plot_err)
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {

@@ -24,12 +24,11 @@ use reserva_protocol::{
 };
 
 use crate::auth::{Principal, Role, authorize};
-use crate::core::admission::Decision;
 use crate::core::{Core, Origin, Pending, Scope};
 use crate::limits::{
     HANDSHAKE_TIMEOUT, IN_FLIGHT_BATCHES_PER_CONNECTION_MAX, WRITE_QUEUE_FRAMES_MAX,
 };
-use crate::metrics::{self, Shed};
+use crate::metrics;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -233,20 +232,8 @@ impl Conn {
             Role::Customer => Scope::Customer(principal.user_id.clone().unwrap_or_default()),
         };
         // The batch is weighed once, here, when its slot is free.
-        let now = std::time::Instant::now();
-        let refused = match origin.expired(now) {
-            Some(e) => Some((e, Shed::Deadline)),
-            None => match self.core.admit(origin.left(now)) {
-                Decision::Admit => None,
-                Decision::Shed { retry_after_ms } => {
-                    Some((WireError::Overloaded { retry_after_ms }, Shed::ExpectedWait))
-                }
-            },
-        };
-        if let Some((error, why)) = refused {
-            for _ in &batch.ops {
-                metrics::global().shed(why);
-            }
+        if let Some((error, why)) = self.core.refusal(&origin) {
+            metrics::global().shed_n(why, batch.ops.len() as u64);
             let results = batch.ops.iter().map(|_| Err(error.clone())).collect();
             return self.answer_now(request_id, results, permit).await;
         }

@@ -355,23 +355,10 @@ impl Core {
             }));
             return false;
         }
-        if let Origin::Client { admitted_by, .. } = pending.origin {
-            let now = Instant::now();
-            if let Some(e) = pending.origin.expired(now) {
-                metrics::global().shed(Shed::Deadline);
-                pending.answer(Err(e));
-                return false;
-            }
-            let decision = if admitted_by == Some(self.id) {
-                self.admission.borrow().decide_admitted()
-            } else {
-                self.admit(pending.origin.left(now))
-            };
-            if let admission::Decision::Shed { retry_after_ms } = decision {
-                metrics::global().shed(Shed::ExpectedWait);
-                pending.answer(Err(WireError::Overloaded { retry_after_ms }));
-                return false;
-            }
+        if let Some((e, why)) = self.refusal(&pending.origin) {
+            metrics::global().shed(why);
+            pending.answer(Err(e));
+            return false;
         }
         self.admission.borrow_mut().queued();
         slot.queue.push_back(pending);
@@ -442,12 +429,37 @@ impl Core {
         }
     }
 
-    /// Whether this core admits a client's request (or batch) now, with
-    /// `left` before its deadline.
-    pub fn admit(&self, left: Option<Duration>) -> admission::Decision {
-        self.admission
-            .borrow()
-            .decide(self.config.admission_budget, left)
+    /// Why this core refuses a request (or a whole batch) of `origin` now,
+    /// if it does: its deadline passed (`DeadlineExceeded`), or admission
+    /// expects it to wait too long (`Overloaded`). Work the node started is
+    /// never refused; a request of a batch this core admitted meets only
+    /// the hard bound.
+    pub fn refusal(&self, origin: &Origin) -> Option<(WireError, Shed)> {
+        let Origin::Client {
+            deadline,
+            admitted_by,
+        } = *origin
+        else {
+            return None;
+        };
+        // The clock is read only for a request with a deadline.
+        let now = deadline.map(|_| Instant::now());
+        if let Some(e) = now.and_then(|now| origin.expired(now)) {
+            return Some((e, Shed::Deadline));
+        }
+        let budget = self.config.admission_budget;
+        let admission = self.admission.borrow();
+        let decision = if admitted_by == Some(self.id) {
+            admission.decide_admitted(budget)
+        } else {
+            admission.decide(budget, now.and_then(|now| origin.left(now)))
+        };
+        match decision {
+            admission::Decision::Admit => None,
+            admission::Decision::Shed { retry_after_ms } => {
+                Some((WireError::Overloaded { retry_after_ms }, Shed::ExpectedWait))
+            }
+        }
     }
 
     /// Sets the admission's count of held requests from the queues and

@@ -439,12 +439,18 @@ impl Metrics {
 
     /// A request answered `Overloaded` without being queued.
     pub fn shed(&self, why: Shed) {
-        match why {
-            Shed::ShardQueue => self.shed_shard_queue.fetch_add(1, Relaxed),
-            Shed::ForwardQueue => self.shed_forward_queue.fetch_add(1, Relaxed),
-            Shed::ExpectedWait => self.shed_admission.fetch_add(1, Relaxed),
-            Shed::Deadline => self.deadline_exceeded.fetch_add(1, Relaxed),
+        self.shed_n(why, 1);
+    }
+
+    /// `n` requests were refused for the same reason (a whole batch).
+    pub fn shed_n(&self, why: Shed, n: u64) {
+        let counter = match why {
+            Shed::ShardQueue => &self.shed_shard_queue,
+            Shed::ForwardQueue => &self.shed_forward_queue,
+            Shed::ExpectedWait => &self.shed_admission,
+            Shed::Deadline => &self.deadline_exceeded,
         };
+        counter.fetch_add(n, Relaxed);
     }
 
     /// One shard's batch of a group commit: its size and apply+append time.

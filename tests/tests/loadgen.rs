@@ -41,6 +41,27 @@ fn loadgen(args: &[&str]) -> Output {
         .expect("run reserva-loadgen")
 }
 
+/// `run --target TARGET --scenario SCENARIO --rate RATE --duration DURATION --quiet`.
+fn run_args<'a>(
+    target: &'a str,
+    scenario: &'a str,
+    rate: &'a str,
+    duration: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--target",
+        target,
+        "--scenario",
+        scenario,
+        "--rate",
+        rate,
+        "--duration",
+        duration,
+        "--quiet",
+    ]
+}
+
 fn seed(target: &str) {
     let mut args = vec!["seed", "--target", target];
     args.extend(CATALOG);
@@ -60,21 +81,11 @@ fn a_clean_reserve_run_reconciles_and_reports_json() {
     seed(&target);
     let json = dir.path().join("report.json");
     let json_arg = json.to_str().unwrap();
-    let mut args = vec![
-        "run",
-        "--target",
-        &target,
-        "--scenario",
-        "reserve",
-        "--rate",
-        "500",
-        "--duration",
-        "2s",
-        "--verify",
-        "--quiet",
-        "--json",
-        json_arg,
-    ];
+    let mut args = [
+        run_args(&target, "reserve", "500", "2s"),
+        vec!["--verify", "--json", json_arg],
+    ]
+    .concat();
     args.extend(CATALOG);
     let out = loadgen(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -100,23 +111,9 @@ fn verify_fails_loudly_when_stock_moves_behind_the_load_generator() {
     let server = Server::start(dir.path(), &[]);
     let target = format!("reserva://{}", server.addr);
     seed(&target);
-    let mut args: Vec<String> = [
-        "run",
-        "--target",
-        &target,
-        "--scenario",
-        "reserve",
-        "--rate",
-        "200",
-        "--duration",
-        "4s",
-        "--verify",
-        "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(CATALOG.iter().map(|s| s.to_string()));
+    let mut args = run_args(&target, "reserve", "200", "4s");
+    args.push("--verify");
+    args.extend(CATALOG);
     let child = Command::new(loadgen_binary())
         .args(&args)
         .stdout(std::process::Stdio::piped())
@@ -158,19 +155,7 @@ fn the_http_target_drives_the_rest_gateway_and_reconciles() {
     let target = format!("http://{}", server.http.as_ref().expect("gateway address"));
     seed(&target);
     for scenario in ["mixed", "reserve"] {
-        let mut args = vec![
-            "run",
-            "--target",
-            &target,
-            "--scenario",
-            scenario,
-            "--rate",
-            "50",
-            "--duration",
-            "2s",
-            "--verify",
-            "--quiet",
-        ];
+        let mut args = [run_args(&target, scenario, "50", "2s"), vec!["--verify"]].concat();
         args.extend(CATALOG);
         let out = loadgen(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -191,21 +176,8 @@ fn a_run_against_a_smaller_catalogue_fails_fast_and_rates_take_per_minute() {
     let target = format!("reserva://{}", server.addr);
     seed(&target);
     let started = std::time::Instant::now();
-    let out = loadgen(&[
-        "run",
-        "--target",
-        &target,
-        "--scenario",
-        "reserve",
-        "--rate",
-        "100000/min",
-        "--duration",
-        "1s",
-        "--verify",
-        "--quiet",
-        "--skus",
-        "100000",
-    ]);
+    let args = run_args(&target, "reserve", "100000/min", "1s");
+    let out = loadgen(&[args, vec!["--verify", "--skus", "100000"]].concat());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -217,18 +189,7 @@ fn a_run_against_a_smaller_catalogue_fails_fast_and_rates_take_per_minute() {
         "took {:?}",
         started.elapsed()
     );
-    let mut args = vec![
-        "run",
-        "--target",
-        &target,
-        "--scenario",
-        "reserve",
-        "--rate",
-        "30000/min",
-        "--duration",
-        "1s",
-        "--quiet",
-    ];
+    let mut args = run_args(&target, "reserve", "30000/min", "1s");
     args.extend(CATALOG);
     let out = loadgen(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -248,26 +209,20 @@ fn a_spike_run_reports_its_phases_and_recovery() {
     seed(&target);
     let json = dir.path().join("spike.json");
     let svg = dir.path().join("spike.svg");
-    let mut args = vec![
-        "run",
-        "--target",
-        &target,
-        "--scenario",
-        "spike",
-        "--rate",
-        "20",
-        "--spike-factor",
-        "5",
-        "--duration",
-        "4s",
-        "--slo",
-        "60000",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        svg.to_str().unwrap(),
-    ];
+    let mut args = [
+        run_args(&target, "spike", "20", "4s"),
+        vec![
+            "--spike-factor",
+            "5",
+            "--slo",
+            "60000",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    ]
+    .concat();
     args.extend(CATALOG);
     let out = loadgen(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -106,12 +106,6 @@ impl Admission {
         self.held += 1;
     }
 
-    /// `n` requests left the core without an answer passing through a round
-    /// (handed to another core with their shard).
-    pub fn left(&mut self, n: usize) {
-        self.held = self.held.saturating_sub(n);
-    }
-
     /// Sets the held count from a recount of the queues and batches (it
     /// corrects any drift, for example around shard moves).
     pub fn recount(&mut self, held: usize) {
@@ -176,9 +170,7 @@ impl Admission {
         let budget = budget.max(floor);
         let budget = deadline_left.map_or(budget, |left| left.min(budget));
         if self.held >= ADMITTED_OPS_PER_CORE_MAX {
-            return Decision::Shed {
-                retry_after_ms: retry_after(self.expected_wait().saturating_sub(budget)),
-            };
+            return self.over_bound(budget);
         }
         if self.held < ADMISSION_FLOOR_OPS {
             return Decision::Admit;
@@ -192,18 +184,21 @@ impl Admission {
             }
         }
     }
-}
 
-impl Admission {
-    /// Whether a request of a batch this core already admitted may be
-    /// queued: only the hard bound applies.
-    pub fn decide_admitted(&self) -> Decision {
+    /// Whether a request of a batch this core already admitted (against
+    /// `budget`) may be queued: only the hard bound applies.
+    pub fn decide_admitted(&self, budget: Duration) -> Decision {
         if self.held >= ADMITTED_OPS_PER_CORE_MAX {
-            Decision::Shed {
-                retry_after_ms: RETRY_AFTER_MAX_MS,
-            }
+            self.over_bound(budget)
         } else {
             Decision::Admit
+        }
+    }
+
+    /// The refusal at the hard bound: the hint is the excess over `budget`.
+    fn over_bound(&self, budget: Duration) -> Decision {
+        Decision::Shed {
+            retry_after_ms: retry_after(self.expected_wait().saturating_sub(budget)),
         }
     }
 }
@@ -230,12 +225,14 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Admission::new(t0);
         let n = (rate * ADMISSION_RATE_WINDOW.as_secs_f64()) as usize;
+        // One more than `held`, so that the window is a busy one; the count
+        // is then set to `held`.
         for _ in 0..n + held + 1 {
             a.queued();
         }
         a.answered(n, t0 + ADMISSION_RATE_WINDOW);
         assert_eq!(a.held(), held + 1);
-        a.left(1);
+        a.recount(held);
         (a, t0 + ADMISSION_RATE_WINDOW)
     }
 
@@ -275,6 +272,7 @@ mod tests {
             a.queued();
         }
         assert!(matches!(a.decide(BUDGET, None), Decision::Shed { .. }));
+        assert!(matches!(a.decide_admitted(BUDGET), Decision::Shed { .. }));
     }
 
     #[test]
